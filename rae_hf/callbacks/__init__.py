@@ -1,0 +1,5 @@
+"""Trainer callbacks shared by all rae_hf trainers."""
+
+from .ema import EMACallback
+
+__all__ = ["EMACallback"]

@@ -1,0 +1,1 @@
+"""Command-line tools: synthetic datasets and dataset conversion."""

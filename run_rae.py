@@ -1,0 +1,181 @@
+#!/usr/bin/env python
+"""Train (stage 1) a Representation Autoencoder decoder on a frozen vision encoder.
+
+    accelerate launch run_rae.py --model_name_or_path facebook/dinov2-with-registers-base \
+        --dataset_name ILSVRC/imagenet-1k --output_dir runs/rae-dinov2-b --bf16
+    python run_rae.py recipes/rae/quickstart.yaml [--any_argument value ...]
+    python run_rae.py recipes/rae/dinov2_b_vitxl_imagenet.yaml --compute_latent_stats   # stats, then exit
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from datasets.distributed import split_dataset_by_node
+from torch.utils.data import DataLoader
+from transformers import AutoConfig, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from rae_hf.cli import parse_args, save_run_config, setup_logging
+from rae_hf.data import DataArguments, ImageCollator, build_image_transform, load_image_splits, with_image_transform
+from rae_hf.models.rae import DECODER_PRESETS, RAEModel
+from rae_hf.models.rae.latent_stats import compute_latent_stats
+from rae_hf.trainers.rae import RAETrainer, RAETrainingArguments
+from rae_hf.visualization import save_reconstruction_grid
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        metadata={
+            "help": "Encoder to build the RAE on (hub id or local path, e.g. facebook/dinov2-with-registers-base)"
+            ", or a saved RAE (model_type 'rae') to continue training or evaluate."
+        }
+    )
+    decoder_preset: str | None = field(
+        default="ViT-XL", metadata={"help": "ViT-S/B/L/XL (paper: ViT-XL); --decoder_* sizes override its values."}
+    )
+    decoder_hidden_size: int | None = field(default=None, metadata={"help": "Custom decoder width."})
+    decoder_num_hidden_layers: int | None = field(default=None, metadata={"help": "Custom decoder depth."})
+    decoder_num_attention_heads: int | None = field(default=None, metadata={"help": "Custom decoder heads."})
+    decoder_intermediate_size: int | None = field(default=None, metadata={"help": "Custom decoder MLP width."})
+    decoder_patch_size: int = field(default=16, metadata={"help": "Decoder patch (output = token grid x patch)."})
+    encoder_input_size: int | None = field(
+        default=None, metadata={"help": "Encoder input size; default from its image processor (224 DINOv2-B)."}
+    )
+    noise_tau: float = field(default=0.8, metadata={"help": "Training latent noise strength (paper: 0.8)."})
+    noise_distribution: str = field(default="uniform", metadata={"help": "'uniform' (official) or 'half_normal'."})
+    gradient_checkpointing_decoder: bool = field(default=False, metadata={"help": "Recompute decoder activations."})
+    compute_latent_stats: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute exact latent mean/var over the training split, store them in the model, save "
+            "it to output_dir and exit."
+        },
+    )
+    latent_stats_max_samples: int | None = field(default=None, metadata={"help": "Images per process for stats."})
+    num_sample_images: int = field(default=16, metadata={"help": "Validation images in the final reconstruction grid."})
+
+
+DECODER_SIZE_FIELDS = (
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "decoder_num_attention_heads",
+    "decoder_intermediate_size",
+)
+
+
+def build_model(args: ModelArguments) -> RAEModel:
+    """A saved RAE is loaded as is; any other checkpoint becomes the frozen encoder of a new RAE.
+
+    The decoder starts from `--decoder_preset` and any `--decoder_*` size given overrides that preset's value.
+    """
+    if AutoConfig.from_pretrained(args.model_name_or_path).model_type == "rae":
+        return RAEModel.from_pretrained(args.model_name_or_path)
+    overrides = {name: getattr(args, name) for name in DECODER_SIZE_FIELDS if getattr(args, name) is not None}
+    if args.decoder_preset is None and len(overrides) < len(DECODER_SIZE_FIELDS):
+        raise ValueError(f"Without --decoder_preset, give all of {DECODER_SIZE_FIELDS}.")
+    sizes = {f"decoder_{k}": v for k, v in DECODER_PRESETS.get(args.decoder_preset, {}).items()} | overrides
+    return RAEModel.from_encoder_pretrained(
+        args.model_name_or_path,
+        encoder_input_size=args.encoder_input_size,
+        decoder_preset=None if overrides else args.decoder_preset,
+        decoder_patch_size=args.decoder_patch_size,
+        noise_tau=args.noise_tau,
+        noise_distribution=args.noise_distribution,
+        **sizes,
+    )
+
+
+def run_latent_stats(model: RAEModel, dataset, collator, model_args, training_args, logger) -> None:
+    """Exact statistics over this process's shard of the training split; merged across processes."""
+    accelerator = Accelerator()
+    if hasattr(dataset, "shard"):
+        shard = dataset.shard(num_shards=accelerator.num_processes, index=accelerator.process_index, contiguous=True)
+    else:
+        shard = split_dataset_by_node(dataset, rank=accelerator.process_index, world_size=accelerator.num_processes)
+    loader = DataLoader(
+        shard,
+        batch_size=training_args.per_device_eval_batch_size,
+        collate_fn=collator,
+        num_workers=training_args.dataloader_num_workers,
+        pin_memory=training_args.dataloader_pin_memory,
+    )
+    model.to(accelerator.device)
+    mean, var, count = compute_latent_stats(model, loader, accelerator, model_args.latent_stats_max_samples)
+    model.set_latent_stats(mean.cpu(), var.cpu())
+    logger.info("Latent statistics over %d images: mean |mu| %.4f, mean var %.4f", count, mean.abs().mean(), var.mean())
+    if accelerator.is_main_process:
+        model.save_pretrained(training_args.output_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, RAETrainingArguments), argv)
+    logger = setup_logging(training_args)
+    set_seed(training_args.seed)
+    if training_args.should_save:
+        save_run_config(training_args.output_dir, model_args, data_args, training_args)
+
+    model = build_model(model_args)
+    if model_args.gradient_checkpointing_decoder:
+        model.gradient_checkpointing_enable()
+    image_size = data_args.image_size or model.config.image_size
+    splits = load_image_splits(data_args, seed=training_args.seed)
+    column = data_args.image_column_name
+    collator = ImageCollator(max_bad_image_fraction=data_args.max_bad_image_fraction)
+    eval_transform = build_image_transform(image_size, train=False)
+
+    if model_args.compute_latent_stats:
+        run_latent_stats(
+            model,
+            with_image_transform(splits["train"], eval_transform, column),
+            collator,
+            model_args,
+            training_args,
+            logger,
+        )
+        return
+
+    train_dataset = with_image_transform(
+        splits["train"], build_image_transform(image_size, data_args.resize_size, train=True), column
+    )
+    eval_dataset = with_image_transform(splits["validation"], eval_transform, column)
+    trainer = RAETrainer(
+        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=collator
+    )
+
+    resume = training_args.resume_from_checkpoint
+    if resume == "last":
+        resume = get_last_checkpoint(training_args.output_dir)
+        if resume is None:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint last: no checkpoint-* folder in {training_args.output_dir}"
+            )
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()  # EMA weights (applied at train end), encoder included: self-contained
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+
+    dataset = data_args.dataset_name or data_args.train_dir
+    trainer.create_model_card(dataset=dataset)
+    if trainer.is_world_process_zero():
+        examples = itertools.islice(
+            (e for e in eval_dataset if e["pixel_values"] is not None), model_args.num_sample_images
+        )
+        samples = torch.stack([e["pixel_values"] for e in examples])
+        model.eval()
+        with torch.no_grad():
+            reconstructions = model(samples.to(model.device)).reconstruction
+        path = os.path.join(training_args.output_dir, "reconstructions.png")
+        logger.info("Saved the model and %s", save_reconstruction_grid(samples, reconstructions, path))
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset=dataset)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""rae_hf: HuggingFace-native training of Representation Autoencoders and vision models."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "torch>=2.4",
+    "torchvision>=0.19",
+    "transformers>=5.0",
+    "accelerate>=1.0",
+    "datasets>=3.0",
+    "evaluate>=0.4",
+    "diffusers>=0.36",
+    "peft>=0.13",
+    "torchmetrics>=1.4",
+    "wandb>=0.18",
+    "lpips>=0.1.4",
+    "safetensors>=0.4",
+    "pyyaml>=6.0",
+    "tqdm",
+    "tensorboard",
+]
+EXTRAS = {"dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6"]}
+
+setup(
+    name="rae_hf",
+    version="0.1.0",
+    description="HuggingFace-native training of Representation Autoencoders (RAE) and vision models",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["rae_hf", "rae_hf.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)

@@ -12,6 +12,7 @@ and gradient scaler. Where things live in a checkpoint folder:
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import safetensors.torch
@@ -73,6 +74,9 @@ class RAETrainingArguments(TrainingArguments):
     disc_weight_decay: float = field(default=0.0, metadata={"help": "Discriminator AdamW weight decay."})
     disc_augment: bool = field(default=True, metadata={"help": "DiffAugment (colour + translation) in the disc."})
     ema_decay: float = field(default=0.9978, metadata={"help": "Decoder EMA decay per step; 0 disables the EMA."})
+    ema_apply_at_end: bool = field(
+        default=True, metadata={"help": "Copy the EMA weights into the model when training ends (what gets published)."}
+    )
 
     def __post_init__(self):
         if self.lr_scheduler_type == "cosine_with_min_lr" and not self.lr_scheduler_kwargs:
@@ -139,7 +143,7 @@ class RAETrainer(RaeHfTrainer):
         )
         self.disc_scaler = torch.amp.GradScaler(args.device.type, enabled=args.fp16)
         self.disc_lr_scheduler = None
-        self.ema = EMACallback(args.ema_decay) if args.ema_decay > 0 else None
+        self.ema = EMACallback(args.ema_decay, args.ema_apply_at_end) if args.ema_decay > 0 else None
         if self.ema is not None:
             self.add_callback(self.ema)
         self._schedule_steps: dict[str, int] | None = None
@@ -224,7 +228,9 @@ class RAETrainer(RaeHfTrainer):
         if args.disc_weight > 0 and step >= self.schedule_step("disc_upd_start"):
             metrics.update(self._discriminator_steps(images, reconstruction.detach(), accumulation))
         if self.accelerator.sync_gradients:  # the disc schedule follows the decoder's optimizer steps
-            self.disc_lr_scheduler.step()
+            with warnings.catch_warnings():  # steps before disc_upd_start are intended, not a misuse
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                self.disc_lr_scheduler.step()
         self.record_metrics(**metrics)
         return loss.detach() / accumulation
 

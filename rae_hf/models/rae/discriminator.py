@@ -30,14 +30,19 @@ def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
 
 
 class _ConvBlock(nn.Sequential):
-    """Spectral-normed Conv1d + BatchNorm1d + LeakyReLU(0.2)."""
+    """Spectral-normed Conv1d + BatchNorm1d + LeakyReLU(0.2).
+
+    The BatchNorm always normalizes with the statistics of the current batch (no running estimates), as the
+    StyleGAN-T-style heads do: the discriminator is only ever used in training, and data-parallel ranks keep
+    identical state.
+    """
 
     def __init__(self, channels: int, kernel_size: int) -> None:
         super().__init__(
             spectral_norm(
                 nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, padding_mode="circular")
             ),
-            nn.BatchNorm1d(channels),
+            nn.BatchNorm1d(channels, track_running_stats=False),
             nn.LeakyReLU(0.2),
         )
 

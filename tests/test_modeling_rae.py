@@ -336,7 +336,7 @@ def test_from_encoder_pretrained_rejects_incomplete_checkpoint(tmp_path):
     state = load_file(tmp_path / "enc" / "model.safetensors")
     state = {k: v for k, v in state.items() if "layer.1." not in k}
     save_file(state, tmp_path / "enc" / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match="lack"):
+    with pytest.raises(ValueError):
         RAEModel.from_encoder_pretrained(str(tmp_path / "enc"), encoder_input_size=56, **DECODER)
 
 
@@ -477,10 +477,10 @@ def test_noise_sigma_distribution(distribution):
     if distribution == "uniform":
         assert per_sample.max() < 1.12 * tau  # 512 values per sample: estimation error of a few %
         assert per_sample.min() < 0.1 * tau and per_sample.max() > 0.9 * tau
-        assert per_sample.mean().item() == pytest.approx(tau / 2, rel=0.15)
+        assert per_sample.mean().item() == pytest.approx(tau / 2, rel=0.2)
     else:
         assert (per_sample > 1.3 * tau).sum() >= 5
-        assert per_sample.mean().item() == pytest.approx(tau * math.sqrt(2 / math.pi), rel=0.15)
+        assert per_sample.mean().item() == pytest.approx(tau * math.sqrt(2 / math.pi), rel=0.2)
 
 
 def test_encoder_frozen_and_kept_in_eval_mode():
@@ -670,7 +670,7 @@ def test_remote_code_load_without_package(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = torch.load(tmp_path / "out.pt", weights_only=True)
-    assert "transformers_modules" in out["module"] or "modeling_rae" in out["module"]
+    assert out["module"].startswith("transformers_modules") and out["module"].endswith("modeling_rae")
     assert torch.equal(out["latents"], expected.latents)
     assert torch.equal(out["reconstruction"], expected.reconstruction)
 

@@ -93,7 +93,7 @@ def test_adaptive_weight_and_losses_logged(tmp_path):
     trainer.train()
     last = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
     for key in ("loss_l1", "loss_lpips", "loss_gan", "d_weight", "loss_disc", "logits_real", "logits_fake",
-                "learning_rate", "disc_learning_rate", "images_per_second", "skipped_images"):
+                "learning_rate", "disc_learning_rate", "images_per_second", "skipped_images_total"):
         assert key in last, key
     assert 0 < last["d_weight"] <= 1e4
 
@@ -185,3 +185,23 @@ def test_gradient_accumulation_matches_bigger_batch(tmp_path):
 def test_disc_updates_with_accumulation_rejected(tmp_path):
     with pytest.raises(ValueError, match="disc_updates"):
         make_args(tmp_path, disc_updates=2, gradient_accumulation_steps=2)
+
+
+def test_profiler_writes_a_trace(tmp_path):
+    trainer = make_trainer(make_args(tmp_path, max_steps=4, perceptual_weight=0, profile_steps=2))
+    trainer.train()
+    traces = list((tmp_path / "profile").glob("*.json*"))
+    assert traces and traces[0].stat().st_size > 1000
+
+
+def test_streaming_schedule_needs_step_units(tmp_path):
+    """Epoch-based GAN schedules are undefined for data without a length: a clear error, not a silent guess."""
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield from SyntheticImages(count=8)
+
+    trainer = make_trainer(make_args(tmp_path, gan_schedule_unit="epoch", perceptual_weight=0), dataset=Stream())
+    with pytest.raises(ValueError, match="gan_schedule_unit step"):
+        trainer.train()

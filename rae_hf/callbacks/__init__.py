@@ -1,5 +1,6 @@
 """Trainer callbacks shared by all rae_hf trainers."""
 
 from .ema import EMACallback
+from .profiler import TorchProfilerCallback
 
-__all__ = ["EMACallback"]
+__all__ = ["EMACallback", "TorchProfilerCallback"]

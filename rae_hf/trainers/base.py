@@ -33,6 +33,7 @@ class RaeHfTrainer(Trainer):
         self._metric_counts: dict[str, int] = {}
         self._images_since_log = 0
         self._last_log_time: float | None = None
+        self._skipped_images: torch.Tensor | None = None
 
     # ----- metrics --------------------------------------------------------------------------------------------
     def record_metrics(self, **values: torch.Tensor | float) -> None:
@@ -45,9 +46,12 @@ class RaeHfTrainer(Trainer):
                 self._metric_sums[name] = value.clone()
             self._metric_counts[name] = self._metric_counts.get(name, 0) + 1
 
-    def record_images(self, count: int) -> None:
-        """Count images processed on this process (for images/s)."""
+    def record_images(self, count: int, skipped: torch.Tensor | None = None) -> None:
+        """Count images processed on this process (for images/s) and undecodable ones the collator dropped."""
         self._images_since_log += count
+        if skipped is not None:
+            skipped = skipped.detach().sum()
+            self._skipped_images = skipped if self._skipped_images is None else self._skipped_images + skipped
 
     def _drain_metrics(self) -> dict[str, float]:
         if not self._metric_sums:
@@ -58,7 +62,11 @@ class RaeHfTrainer(Trainer):
         means = self.accelerator.reduce(means, reduction="mean")
         self._metric_sums.clear()
         self._metric_counts.clear()
-        return dict(zip(names, means.tolist(), strict=True))
+        metrics = dict(zip(names, means.tolist(), strict=True))
+        if self._skipped_images is not None:  # running total over all processes since training started
+            total = self.accelerator.reduce(self._skipped_images.to(device).float(), reduction="sum")
+            metrics["skipped_images_total"] = int(total.item())
+        return metrics
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log (not the final summary or an evaluation)

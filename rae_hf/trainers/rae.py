@@ -22,7 +22,7 @@ from torch import nn
 from transformers import TrainingArguments
 from transformers.optimization import get_scheduler
 
-from ..callbacks import EMACallback
+from ..callbacks import EMACallback, TorchProfilerCallback
 from ..hub import rae_model_card, write_model_card
 from ..losses import LPIPSLoss, adaptive_gan_weight, hinge_discriminator_loss, vanilla_generator_loss
 from ..models.rae import RAEModel
@@ -74,6 +74,9 @@ class RAETrainingArguments(TrainingArguments):
     disc_weight_decay: float = field(default=0.0, metadata={"help": "Discriminator AdamW weight decay."})
     disc_augment: bool = field(default=True, metadata={"help": "DiffAugment (colour + translation) in the disc."})
     ema_decay: float = field(default=0.9978, metadata={"help": "Decoder EMA decay per step; 0 disables the EMA."})
+    profile_steps: int = field(
+        default=0, metadata={"help": "Profile this many steps with torch.profiler (trace in output_dir/profile)."}
+    )
     ema_apply_at_end: bool = field(
         default=True, metadata={"help": "Copy the EMA weights into the model when training ends (what gets published)."}
     )
@@ -81,6 +84,8 @@ class RAETrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.lr_scheduler_type == "cosine_with_min_lr" and not self.lr_scheduler_kwargs:
             self.lr_scheduler_kwargs = {"min_lr": self.min_lr}
+        if self.accelerator_config is None:  # streamed data: every process reads its own batches (no concatenation)
+            self.accelerator_config = {"dispatch_batches": False}
         super().__post_init__()
         if self.gan_schedule_unit not in GAN_SCHEDULE_UNITS:
             raise ValueError(f"gan_schedule_unit={self.gan_schedule_unit!r} must be one of {GAN_SCHEDULE_UNITS}.")
@@ -91,6 +96,8 @@ class RAETrainingArguments(TrainingArguments):
             raise ValueError(f"disc_updates={self.disc_updates} must be >= 1.")
         if self.disc_updates > 1 and self.gradient_accumulation_steps > 1:
             raise ValueError("disc_updates > 1 is only supported without gradient accumulation.")
+        if self.profile_steps < 0:
+            raise ValueError(f"profile_steps={self.profile_steps} must be >= 0.")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1).")
 
@@ -146,6 +153,8 @@ class RAETrainer(RaeHfTrainer):
         self.ema = EMACallback(args.ema_decay, args.ema_apply_at_end) if args.ema_decay > 0 else None
         if self.ema is not None:
             self.add_callback(self.ema)
+        if args.profile_steps > 0:
+            self.add_callback(TorchProfilerCallback(args.output_dir, active=args.profile_steps))
         self._schedule_steps: dict[str, int] | None = None
         self._saving_checkpoint = False
 
@@ -197,9 +206,7 @@ class RAETrainer(RaeHfTrainer):
         model.train()
         inputs = self._prepare_inputs(inputs)
         images = inputs["pixel_values"]
-        if "num_skipped" in inputs:
-            self.record_metrics(skipped_images=inputs["num_skipped"])
-        self.record_images(images.shape[0])
+        self.record_images(images.shape[0], skipped=inputs.get("num_skipped"))
         step = self.state.global_step
         accumulation = self.current_gradient_accumulation_steps
         args = self.args

@@ -1,0 +1,56 @@
+"""One YAML/JSON recipe plus command-line overrides into typed dataclasses; the resolved config is saved."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from rae_hf.cli import parse_args, save_run_config
+
+
+@dataclass
+class Options:
+    name: str = "a"
+    rate: float = 0.1
+    sizes: list[int] = field(default_factory=lambda: [1, 2])
+    flag: bool = False
+    optional: int | None = None
+
+
+def test_yaml_values_then_command_line_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: recipe\nrate: 0.5\nsizes: [3, 4, 5]\nflag: true\noptional: null\n")
+    (options,) = parse_args([Options], [str(path), "--rate", "0.25"])
+    assert options == Options(name="recipe", rate=0.25, sizes=[3, 4, 5], flag=True, optional=None)
+
+
+def test_json_file_and_plain_flags(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"name": "json", "optional": 3}))
+    assert parse_args([Options], [str(path)])[0] == Options(name="json", optional=3)
+    assert parse_args([Options], ["--flag", "--name", "x"])[0] == Options(name="x", flag=True)
+
+
+def test_unknown_key_and_non_mapping_are_rejected(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("nme: typo\n")
+    with pytest.raises(ValueError, match="nme"):
+        parse_args([Options], [str(path)])
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="mapping"):
+        parse_args([Options], [str(path)])
+
+
+def test_yaml_is_not_executed(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(Exception, match="could not determine a constructor|constructor"):
+        parse_args([Options], [str(path)])
+
+
+def test_save_run_config(tmp_path):
+    path = save_run_config(str(tmp_path), Options(name="saved"))
+    assert json.loads(open(path).read()) == {"Options": {"name": "saved", "rate": 0.1, "sizes": [1, 2],
+                                                         "flag": False, "optional": None}}

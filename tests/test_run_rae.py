@@ -1,0 +1,116 @@
+"""run_rae.py end to end on an image folder with odd images: train, checkpoints, resume `last`, outputs, latent stats."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rae_hf.data import DataArguments, build_image_transform, load_image_splits, with_image_transform
+from rae_hf.models.rae import RAEModel
+from rae_hf.models.rae.latent_stats import RunningMoments
+from rae_hf.tools.make_dummy_dataset import write_dummy_dataset
+from rae_hf.tools.make_tiny_models import make_tiny_discriminator, make_tiny_encoder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import run_rae  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, str]:
+    """Tiny encoder + discriminator checkpoints and an image folder with corrupt, grayscale, RGBA, 16-bit files."""
+    root = tmp_path_factory.mktemp("assets")
+    data = root / "data"
+    write_dummy_dataset(str(data), {"train": 12, "validation": 4}, image_size=40, fmt="imagefolder", seed=0)
+    odd = data / "train" / "circle"
+    Image.fromarray(np.full((40, 40), 128, np.uint8), "L").save(odd / "gray.png")
+    Image.fromarray(np.zeros((40, 40, 4), np.uint8), "RGBA").save(odd / "transparent.png")
+    Image.fromarray(np.full((40, 40), 40000, np.uint16)).save(odd / "sixteen_bit.png")
+    (odd / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    return {
+        "encoder": make_tiny_encoder(str(root / "encoder"), image_size=32, patch_size=8, hidden_size=32, num_layers=2),
+        "discriminator": make_tiny_discriminator(str(root / "discriminator"), image_size=16, hidden_size=16),
+        "train_dir": str(data / "train"),
+        "validation_dir": str(data / "validation"),
+    }
+
+
+def _argv(assets: dict, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path", assets["encoder"], "--train_dir", assets["train_dir"],
+        "--validation_dir", assets["validation_dir"], "--discriminator_name_or_path", assets["discriminator"],
+        "--disc_input_size", "16", "--decoder_hidden_size", "32", "--decoder_num_hidden_layers", "2",
+        "--decoder_num_attention_heads", "2", "--decoder_intermediate_size", "64", "--decoder_patch_size", "8",
+        "--lpips_pretrained_backbone", "false", "--gan_schedule_unit", "step", "--disc_upd_start", "1",
+        "--disc_start", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+        "--logging_steps", "1", "--save_steps", "2", "--report_to", "none", "--use_cpu", "true",
+        "--dataloader_num_workers", "0", "--output_dir", str(output_dir), "--num_sample_images", "4", *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_train_save_resume_and_outputs(assets, tmp_path):
+    output = tmp_path / "run"
+    run_rae.main(_argv(assets, output, "--max_steps", "4"))
+    files = set(os.listdir(output))
+    assert {"config.json", "model.safetensors", "modeling_rae.py", "configuration_rae.py", "README.md",
+            "reconstructions.png", "run_config.json", "checkpoint-2", "checkpoint-4"} <= files
+    run_config = json.loads((output / "run_config.json").read_text())
+    assert run_config["ModelArguments"]["decoder_hidden_size"] == 32
+    assert run_config["RAETrainingArguments"]["disc_start"] == 2
+    card = (output / "README.md").read_text()
+    assert "dinov2_with_registers" in card and "loss_l1" in card and assets["train_dir"] in card
+    assert Image.open(output / "reconstructions.png").size[0] > 64
+
+    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
+    skipped = [entry["skipped_images_total"] for entry in history if "loss" in entry]
+    assert skipped[-1] == 1  # the corrupt file, read once: 16 files -> 4 steps of 4 = exactly one epoch
+    assert any("loss_gan" in entry for entry in history)
+
+    model = RAEModel.from_pretrained(output).eval()
+    assert model(torch.rand(1, 3, 32, 32)).reconstruction.shape == (1, 3, 32, 32)
+
+    run_rae.main(_argv(assets, output, "--max_steps", "6", "--resume_from_checkpoint", "last"))
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert [e["step"] for e in state["log_history"] if "loss" in e][-2:] == [5, 6]
+
+
+def test_resume_last_without_checkpoint_is_a_clear_error(assets, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        run_rae.main(_argv(assets, tmp_path, "--max_steps", "1", "--resume_from_checkpoint", "last"))
+
+
+def test_compute_latent_stats_matches_direct_computation(assets, tmp_path):
+    run_rae.main(_argv(assets, tmp_path, "--compute_latent_stats", "true"))
+    model = RAEModel.from_pretrained(tmp_path).eval()
+    assert model.config.normalize_latents
+
+    data_args = DataArguments(train_dir=assets["train_dir"], validation_dir=assets["validation_dir"])
+    train = with_image_transform(load_image_splits(data_args)["train"], build_image_transform(32, train=False), "image")
+    images = torch.stack([e["pixel_values"] for e in train if e["pixel_values"] is not None])
+    tokens = model.encode_tokens(images).double()  # [N, L, C]
+    grid = model.config.latent_grid_size
+    latents = tokens.transpose(1, 2).reshape(len(images), -1, grid, grid)
+    torch.testing.assert_close(model.latents_mean.double(), latents.mean(0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(model.latents_var.double(), latents.var(0, unbiased=False), rtol=0, atol=1e-5)
+    assert images.shape[0] == 15  # 12 + gray + transparent + 16-bit; the corrupt file is skipped
+    moments = RunningMoments()
+    moments.update(latents[:7])
+    moments.update(latents[7:])
+    torch.testing.assert_close(moments.variance, latents.var(0, unbiased=False))
+
+
+@pytest.mark.slow
+def test_streaming_training(assets, tmp_path):
+    """--streaming reads the folder as an iterable dataset; step-based schedule, max_steps bounded."""
+    run_rae.main(_argv(assets, tmp_path, "--streaming", "true", "--max_steps", "2", "--save_strategy", "no"))
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e] == [1, 2]
+    assert (tmp_path / "model.safetensors").exists()

@@ -49,7 +49,6 @@ class ModelArguments:
     )
     noise_tau: float = field(default=0.8, metadata={"help": "Training latent noise strength (paper: 0.8)."})
     noise_distribution: str = field(default="uniform", metadata={"help": "'uniform' (official) or 'half_normal'."})
-    gradient_checkpointing_decoder: bool = field(default=False, metadata={"help": "Recompute decoder activations."})
     compute_latent_stats: bool = field(
         default=False,
         metadata={
@@ -121,8 +120,6 @@ def main(argv: list[str] | None = None) -> None:
         save_run_config(training_args.output_dir, model_args, data_args, training_args)
 
     model = build_model(model_args)
-    if model_args.gradient_checkpointing_decoder:
-        model.gradient_checkpointing_enable()
     image_size = data_args.image_size or model.config.image_size
     splits = load_image_splits(data_args, seed=training_args.seed)
     column = data_args.image_column_name

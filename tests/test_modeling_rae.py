@@ -325,11 +325,6 @@ def test_from_encoder_pretrained_mae_pretraining_checkpoint(tmp_path):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG modeling_rae.py from_encoder_pretrained: missing encoder weights are silently random-initialized "
-    "by type(encoder).from_pretrained; the `result.missing_keys` guard can never fire.",
-)
 def test_from_encoder_pretrained_rejects_incomplete_checkpoint(tmp_path):
     """An encoder checkpoint lacking a layer's weights must raise instead of leaving random encoder weights."""
     _save_encoder("dinov2", tmp_path / "enc")
@@ -499,11 +494,6 @@ def test_encoder_frozen_and_kept_in_eval_mode():
     assert not model.training and not model.decoder.training and not model.encoder.training
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG modeling_rae.py RAEModel.__init__: a freshly constructed RAE (also from_encoder_pretrained) has its "
-    "encoder in training mode (nn.Module default) until .train()/.eval() is called, so encoder dropout is active.",
-)
 def test_encoder_in_eval_mode_right_after_construction():
     """The frozen encoder is in eval mode from construction on (dropout off), not only after model.train()."""
     config = Dinov2Config(image_size=56, patch_size=14, hidden_dropout_prob=0.5, **TINY)

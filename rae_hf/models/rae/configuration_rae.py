@@ -53,7 +53,9 @@ class RAEConfig(PreTrainedConfig):
 
     model_type = "rae"
     sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
-        "encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="dinov2_with_registers"),
+        "encoder_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="dinov2_with_registers", init_kwargs={"patch_size": 14}
+        ),
     }
 
     encoder_config: PreTrainedConfig | dict | None = None

@@ -225,7 +225,7 @@ class RAEModel(RAEPreTrainedModel):
         if norm_name is not None and isinstance(getattr(self.encoder, norm_name, None), nn.LayerNorm):
             old = getattr(self.encoder, norm_name)
             setattr(self.encoder, norm_name, nn.LayerNorm(old.normalized_shape, eps=old.eps, elementwise_affine=False))
-        self.encoder.requires_grad_(False)
+        self.encoder.requires_grad_(False).eval()
         self._encoder_kwargs = self._encoder_forward_kwargs()
 
         self.decoder = RAEDecoder(config)
@@ -263,10 +263,12 @@ class RAEModel(RAEPreTrainedModel):
             encoder_config=encoder_config, encoder_input_size=encoder_input_size or size or 224, **config_kwargs
         )
         model = cls(config)
-        pretrained = type(model.encoder).from_pretrained(encoder_name_or_path, config=model.config.encoder_config)
-        result = model.encoder.load_state_dict(pretrained.state_dict(), strict=False)
-        if result.missing_keys:
-            raise ValueError(f"Encoder weights from {encoder_name_or_path} lack {result.missing_keys}.")
+        pretrained, info = type(model.encoder).from_pretrained(
+            encoder_name_or_path, config=model.config.encoder_config, output_loading_info=True
+        )
+        if info["missing_keys"]:
+            raise ValueError(f"Encoder weights from {encoder_name_or_path} lack {sorted(info['missing_keys'])}.")
+        model.encoder.load_state_dict(pretrained.state_dict(), strict=False)
         model.config.encoder_name_or_path = encoder_name_or_path
         return model
 

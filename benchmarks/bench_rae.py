@@ -38,8 +38,8 @@ import torch
 import transformers
 from transformers import (
     Dinov2WithRegistersConfig,
-    SiglipVisionConfig,
     PrinterCallback,
+    SiglipVisionConfig,
     TrainerCallback,
     ViTConfig,
     ViTMAEConfig,

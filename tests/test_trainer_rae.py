@@ -205,3 +205,14 @@ def test_streaming_schedule_needs_step_units(tmp_path):
     trainer = make_trainer(make_args(tmp_path, gan_schedule_unit="epoch", perceptual_weight=0), dataset=Stream())
     with pytest.raises(ValueError, match="gan_schedule_unit step"):
         trainer.train()
+
+
+def test_evaluate_reports_reconstruction_l1(tmp_path):
+    """trainer.evaluate() gives the pixel L1 of the (noise-free) reconstructions as eval_loss."""
+    trainer = make_trainer(make_args(tmp_path, perceptual_weight=0, per_device_eval_batch_size=4))
+    dataset = SyntheticImages(count=4)
+    metrics = trainer.evaluate(eval_dataset=dataset)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        expected = (model(dataset.images).reconstruction - dataset.images).abs().mean().item()
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)

@@ -131,6 +131,7 @@ class RAETrainer(RaeHfTrainer):
         **kwargs,
     ):
         super().__init__(model=model, args=args, **kwargs)
+        self.can_return_loss = True  # evaluation has no labels: the loss is the reconstruction L1
         if discriminator is None:
             discriminator = DinoDiscriminator.from_pretrained_backbone(
                 args.discriminator_name_or_path, input_size=args.disc_input_size
@@ -202,6 +203,21 @@ class RAETrainer(RaeHfTrainer):
         return self._schedule_steps[name]
 
     # ----- one step ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _target_like(images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """The input images at the reconstruction's size (bicubic) — the target of the pixel losses."""
+        if images.shape[-2:] == reconstruction.shape[-2:]:
+            return images
+        return F.interpolate(images, size=reconstruction.shape[-2:], mode="bicubic", align_corners=False)
+
+    def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
+        """Pixel L1 of the reconstruction: what `trainer.evaluate()` reports as `eval_loss` (training uses
+        `training_step`, which adds LPIPS and the GAN term)."""
+        outputs = model(pixel_values=inputs["pixel_values"])
+        reconstruction = outputs.reconstruction
+        loss = (reconstruction.float() - self._target_like(inputs["pixel_values"], reconstruction)).abs().mean()
+        return (loss, outputs) if return_outputs else loss
+
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
         model.train()
         inputs = self._prepare_inputs(inputs)
@@ -213,9 +229,7 @@ class RAETrainer(RaeHfTrainer):
 
         with self.accelerator.autocast():
             reconstruction = model(pixel_values=images).reconstruction
-            target = images
-            if target.shape[-2:] != reconstruction.shape[-2:]:
-                target = F.interpolate(target, size=reconstruction.shape[-2:], mode="bicubic", align_corners=False)
+            target = self._target_like(images, reconstruction)
             l1 = (reconstruction.float() - target).abs().mean()
             rec_loss = args.l1_weight * l1
             metrics = {"loss_l1": l1}

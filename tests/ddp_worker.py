@@ -10,11 +10,11 @@ import safetensors.torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from conftest import SyntheticImages, tiny_discriminator, tiny_rae  # noqa: E402
+from conftest import SyntheticImages, tiny_discriminator, tiny_rae
 
-from rae_hf.data import ImageCollator  # noqa: E402
-from rae_hf.losses import LPIPSLoss  # noqa: E402
-from rae_hf.trainers.rae import RAETrainer, RAETrainingArguments  # noqa: E402
+from rae_hf.data import ImageCollator
+from rae_hf.losses import LPIPSLoss
+from rae_hf.trainers.rae import RAETrainer, RAETrainingArguments
 
 
 def main(out_dir: str) -> None:

@@ -1,4 +1,4 @@
-"""run_rae.py end to end on an image folder with odd images: train, checkpoints, resume `last`, outputs, latent stats."""
+"""run_rae.py end to end on an image folder with odd images: train, checkpoints, resume, outputs, latent stats."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from rae_hf.tools.make_dummy_dataset import write_dummy_dataset
 from rae_hf.tools.make_tiny_models import make_tiny_discriminator, make_tiny_encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import run_rae  # noqa: E402
+import run_rae
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,7 @@ def test_paper_recipe_values(name: str, tmp_path: Path) -> None:
     assert args.disc_learning_rate == pytest.approx(2e-4)
     assert (args.disc_adam_beta1, args.disc_adam_beta2) == (pytest.approx(0.9), pytest.approx(0.95))
     assert args.report_to == ["wandb"]
+    assert args.ddp_find_unused_parameters is False
 
     match = GPUS_LINE.search(text)
     assert match, f"{name} needs a '# gpus: N' comment line"

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from rae_hf.data import DataArguments, build_image_transform, load_image_splits, with_image_transform
+from rae_hf.metrics import save_random_inception_weights
 from rae_hf.models.rae import RAEModel
 from rae_hf.models.rae.latent_stats import RunningMoments
 from rae_hf.tools.make_dummy_dataset import write_dummy_dataset
@@ -36,6 +37,7 @@ def assets(tmp_path_factory) -> dict[str, str]:
     return {
         "encoder": make_tiny_encoder(str(root / "encoder"), image_size=32, patch_size=8, hidden_size=32, num_layers=2),
         "discriminator": make_tiny_discriminator(str(root / "discriminator"), image_size=16, hidden_size=16),
+        "inception": save_random_inception_weights(root / "inception.pth"),
         "train_dir": str(data / "train"),
         "validation_dir": str(data / "validation"),
     }
@@ -50,7 +52,9 @@ def _argv(assets: dict, output_dir: Path, *extra: str) -> list[str]:
         "--lpips_pretrained_backbone", "false", "--gan_schedule_unit", "step", "--disc_upd_start", "1",
         "--disc_start", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
         "--logging_steps", "1", "--save_steps", "2", "--report_to", "none", "--use_cpu", "true",
-        "--dataloader_num_workers", "0", "--output_dir", str(output_dir), "--num_sample_images", "4", *extra,
+        "--dataloader_num_workers", "0", "--output_dir", str(output_dir), "--num_sample_images", "4",
+        "--inception_weights", assets["inception"], "--rfid_steps", "4", "--rfid_at_epoch_end", "false",
+        "--sample_every", "2", *extra,
     ]
 
 
@@ -72,6 +76,11 @@ def test_train_save_resume_and_outputs(assets, tmp_path):
     skipped = [entry["skipped_images_total"] for entry in history if "loss" in entry]
     assert skipped[-1] == 1  # the corrupt file, read once: 16 files -> 4 steps of 4 = exactly one epoch
     assert any("loss_gan" in entry for entry in history)
+    rfid = [entry for entry in history if "eval_rfid" in entry]
+    assert [entry["step"] for entry in rfid] == [4]
+    assert all(entry["eval_num_samples"] == 4 and entry["eval_psnr"] > 0 for entry in rfid)
+    assert rfid[-1]["eval_rfid_best"] == min(entry["eval_rfid"] for entry in rfid)
+    assert sorted(os.listdir(output / "samples")) == ["step_0000002.png", "step_0000004.png"]
 
     model = RAEModel.from_pretrained(output).eval()
     assert model(torch.rand(1, 3, 32, 32)).reconstruction.shape == (1, 3, 32, 32)

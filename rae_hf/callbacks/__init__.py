@@ -2,5 +2,6 @@
 
 from .ema import EMACallback
 from .profiler import TorchProfilerCallback
+from .rfid import RFIDCallback, report_image
 
-__all__ = ["EMACallback", "TorchProfilerCallback"]
+__all__ = ["EMACallback", "RFIDCallback", "TorchProfilerCallback", "report_image"]

@@ -1,8 +1,9 @@
-"""Write tiny random-weight checkpoints for offline runs: an encoder (DINOv2 with registers) and a DINO-style ViT
-discriminator backbone, each with its config (and the encoder's image-processor config).
+"""Write tiny random-weight checkpoints for offline runs: an encoder (DINOv2 with registers), a DINO-style ViT
+discriminator backbone (each with its config, the encoder with its image-processor config) and random FID
+Inception-v3 weights (so the rFID pipeline runs without network; its scores are not real FIDs).
 
     python -m rae_hf.tools.make_tiny_models --output_dir runs/tiny-models
-    # -> runs/tiny-models/encoder, runs/tiny-models/discriminator
+    # -> runs/tiny-models/encoder, runs/tiny-models/discriminator, runs/tiny-models/inception-random.pth
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 
 import torch
 from transformers import BitImageProcessor, Dinov2WithRegistersConfig, Dinov2WithRegistersModel, ViTConfig, ViTModel
+
+from rae_hf.metrics import save_random_inception_weights
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -70,7 +73,8 @@ def main() -> None:
     args = parser.parse_args()
     encoder = make_tiny_encoder(os.path.join(args.output_dir, "encoder"), image_size=args.image_size)
     discriminator = make_tiny_discriminator(os.path.join(args.output_dir, "discriminator"))
-    print(f"Wrote {encoder} and {discriminator}")
+    inception = save_random_inception_weights(os.path.join(args.output_dir, "inception-random.pth"))
+    print(f"Wrote {encoder}, {discriminator} and {inception}")
 
 
 if __name__ == "__main__":

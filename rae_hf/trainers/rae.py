@@ -22,9 +22,10 @@ from torch import nn
 from transformers import TrainingArguments
 from transformers.optimization import get_scheduler
 
-from ..callbacks import EMACallback, TorchProfilerCallback
+from ..callbacks import EMACallback, RFIDCallback, TorchProfilerCallback
 from ..hub import rae_model_card, write_model_card
 from ..losses import LPIPSLoss, adaptive_gan_weight, hinge_discriminator_loss, vanilla_generator_loss
+from ..metrics import RFIDEvaluator, load_fid_stats
 from ..models.rae import RAEModel
 from ..models.rae.discriminator import DinoDiscriminator, quantize_8bit
 from .base import RaeHfTrainer, load_torch_state
@@ -74,6 +75,26 @@ class RAETrainingArguments(TrainingArguments):
     disc_weight_decay: float = field(default=0.0, metadata={"help": "Discriminator AdamW weight decay."})
     disc_augment: bool = field(default=True, metadata={"help": "DiffAugment (colour + translation) in the disc."})
     ema_decay: float = field(default=0.9978, metadata={"help": "Decoder EMA decay per step; 0 disables the EMA."})
+    rfid_steps: int = field(
+        default=1000, metadata={"help": "rFID/PSNR/SSIM on the validation split every N steps (0: never)."}
+    )
+    rfid_at_epoch_end: bool = field(default=True, metadata={"help": "Also evaluate rFID at the end of each epoch."})
+    rfid_num_samples: int | None = field(
+        default=5000, metadata={"help": "Validation images per rFID evaluation (all processes together)."}
+    )
+    sample_every: int = field(
+        default=2500, metadata={"help": "Save/log a reconstruction grid every N steps (0: only at the end)."}
+    )
+    inception_weights: str | None = field(
+        default=None, metadata={"help": "Local FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth)."}
+    )
+    fid_reference_stats: str | None = field(
+        default=None,
+        metadata={
+            "help": "An ADM/torch-fidelity .npz (mu, sigma) replacing the validation images' "
+            "statistics as the real side of the FID."
+        },
+    )
     profile_steps: int = field(
         default=0, metadata={"help": "Profile this many steps with torch.profiler (trace in output_dir/profile)."}
     )
@@ -154,10 +175,34 @@ class RAETrainer(RaeHfTrainer):
         self.ema = EMACallback(args.ema_decay, args.ema_apply_at_end) if args.ema_decay > 0 else None
         if self.ema is not None:
             self.add_callback(self.ema)
+        if self.eval_dataset is not None and (args.rfid_steps > 0 or args.rfid_at_epoch_end):
+            self.add_callback(self._build_rfid_callback())
         if args.profile_steps > 0:
             self.add_callback(TorchProfilerCallback(args.output_dir, active=args.profile_steps))
         self._schedule_steps: dict[str, int] | None = None
         self._saving_checkpoint = False
+
+    def _build_rfid_callback(self) -> RFIDCallback:
+        args = self.args
+        evaluator = RFIDEvaluator(
+            inception_weights=args.inception_weights,
+            device=args.device,
+            autocast_dtype=torch.bfloat16 if args.bf16 else None,
+        )
+        reference = load_fid_stats(args.fid_reference_stats) if args.fid_reference_stats else None
+        return RFIDCallback(
+            self,
+            evaluator,
+            self.eval_dataset,
+            self.data_collator,
+            args.per_device_eval_batch_size,
+            eval_steps=args.rfid_steps,
+            at_epoch_end=args.rfid_at_epoch_end,
+            num_samples=args.rfid_num_samples,
+            sample_every=args.sample_every,
+            ema=self.ema,
+            reference=reference,
+        )
 
     # ----- schedule ---------------------------------------------------------------------------------------------
     def set_initial_training_values(self, args, dataloader):

@@ -1,0 +1,327 @@
+"""Fréchet distance (FID / rFID / FD-DINOv2) with streaming, multi-process statistics and ADM-style `.npz` stats.
+
+The real and fake sides are kept as torchmetrics states (feature sum `[D]`, feature outer-product sum `[D, D]` and
+a count, all float64, `dist_reduce_fx="sum"`), so 50k images are never held in memory and processes merge exactly.
+
+Multi-process use: every process feeds ITS OWN shard of the images and every process calls `compute()` (a
+collective). The states are summed over processes, so each image must be seen by exactly one process: shard WITHOUT
+padding (`shard_for_process`), and do not pass the evaluation DataLoader through `accelerator.prepare`, which pads
+the last batch with repeated images (`even_batches`). Uneven shards (6 and 5 images) are fine.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import torchvision
+from datasets.distributed import split_dataset_by_node
+from torch import Tensor, nn
+from torch.utils.data import Subset
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+INCEPTION_FEATURE_DIM = 2048
+INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+
+ArrayLike = np.ndarray | Tensor
+
+
+def save_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> str:
+    """Write a RANDOM-weight state dict in the FID Inception-v3 layout to `path` (no download); returns `path`.
+
+    For tests and throughput benchmarks only: the scores it gives are not FIDs. torchvision's Inception-v3
+    (`aux_logits=False`, 1008 classes) has the parameter names and shapes of torch-fidelity's
+    `FeatureExtractorInceptionV3`, which loads the file strictly. Convolutions get a variance-preserving
+    (Kaiming, fan-in) initialization so that the 2048-d features neither vanish nor explode; BatchNorm is identity.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
+        for module in network.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    torch.save(network.state_dict(), path)
+    return str(path)
+
+
+class InceptionFeatureExtractor(nn.Module):
+    """2048-d pool features of the FID Inception-v3 (torch-fidelity `inception-v3-compat`, as the ADM evaluator).
+
+    Takes float images `[B, 3, H, W]` in [0, 1]; they are quantized like saved PNGs (`round(x * 255)` to uint8)
+    and resized by the network itself to 299 (TF1-compatible bilinear). Returns float32 `[B, 2048]`. Always in
+    eval mode and run in float32 (autocast is switched off inside).
+
+    Args:
+        weights_path: local copy of the FID Inception weights (`pt_inception-2015-12-05-6726825d.pth`, or
+            torch-fidelity's `weights-inception-2015-12-05-6726825d.pth`: same layout). `None` downloads them
+            (cached by `torch.hub`).
+    """
+
+    num_features = INCEPTION_FEATURE_DIM  # read by torchmetrics (no dummy forward at construction)
+
+    def __init__(self, weights_path: str | os.PathLike | None = None):
+        super().__init__()
+        if weights_path is not None and not os.path.isfile(weights_path):
+            raise FileNotFoundError(f"Inception weights file not found: {weights_path}")
+        try:
+            self.network = FeatureExtractorInceptionV3(
+                "inception-v3-compat",
+                [str(INCEPTION_FEATURE_DIM)],
+                feature_extractor_weights_path=None if weights_path is None else str(weights_path),
+            )
+        except (OSError, RuntimeError) as error:
+            if weights_path is not None:
+                raise
+            raise RuntimeError(
+                "Could not download the FID Inception-v3 weights. Without network access, download "
+                f"{INCEPTION_WEIGHTS_FILE} elsewhere and pass its local path with --inception_weights "
+                f"(weights_path=...). Cause: {error}"
+            ) from error
+
+    def train(self, mode: bool = True) -> InceptionFeatureExtractor:
+        """Stay in eval mode (BatchNorm must use its stored statistics)."""
+        return super().train(False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"Expected images [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}.")
+        pixels = images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+        with torch.autocast(images.device.type, enabled=False):
+            (features,) = self.network(pixels)
+        return features
+
+
+def _as_float64(value: ArrayLike) -> Tensor:
+    return torch.as_tensor(value).detach().to(dtype=torch.float64)
+
+
+def _check_statistics(mu: Tensor, sigma: Tensor) -> None:
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"Expected mu [D] and sigma [D, D], got {tuple(mu.shape)} and {tuple(sigma.shape)}.")
+
+
+def _psd_factor(sigma: Tensor) -> Tensor:
+    """`F` `[D, r]` with `sigma = F F^T` (symmetric eigen-decomposition; eigenvalues at rounding level dropped)."""
+    eigenvalues, eigenvectors = torch.linalg.eigh((sigma + sigma.T) / 2)
+    tolerance = eigenvalues.max().clamp_min(0) * sigma.shape[0] * torch.finfo(sigma.dtype).eps
+    keep = eigenvalues > tolerance
+    return eigenvectors[:, keep] * eigenvalues[keep].sqrt()
+
+
+def _frechet_from_factor(mu1: Tensor, sigma1: Tensor, factor1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
+    """`|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr sqrt(sigma1 sigma2)`, with `sigma1 = factor1 factor1^T`.
+
+    The eigenvalues of `sigma1 sigma2` are those of the symmetric PSD `factor1^T sigma2 factor1`, so the matrix
+    square root needs only symmetric eigen-solvers (stable, and several times faster than a general `eigvals`).
+    """
+    inner = factor1.T @ sigma2 @ factor1
+    trace_sqrt = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
+    return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt)
+
+
+def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
+    """Fréchet distance between the Gaussians `N(mu1, sigma1)` and `N(mu2, sigma2)`, computed in float64.
+
+    The formula of ADM / torchmetrics with a symmetric, PSD-aware matrix square root instead of a general
+    eigen-decomposition of `sigma1 @ sigma2`: equal up to float64 rounding for full-rank covariances and more
+    accurate for singular ones (fewer images than features), where `eigvals` turns rounding noise into `sqrt(eps)`.
+    """
+    mu1, sigma1, mu2, sigma2 = (_as_float64(value) for value in (mu1, sigma1, mu2, sigma2))
+    _check_statistics(mu1, sigma1)
+    _check_statistics(mu2, sigma2)
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"Feature dimensions differ: {mu1.shape[0]} and {mu2.shape[0]}.")
+    return _frechet_from_factor(mu1, sigma1, _psd_factor(sigma1), mu2, sigma2)
+
+
+def save_fid_stats(path: str | os.PathLike, mu: ArrayLike, sigma: ArrayLike) -> None:
+    """Write reference statistics as an ADM / torch-fidelity `.npz` (`mu` `[D]`, `sigma` `[D, D]`, float64)."""
+    mu, sigma = _as_float64(mu).cpu(), _as_float64(sigma).cpu()
+    _check_statistics(mu, sigma)
+    with open(path, "wb") as file:  # a file object: numpy would otherwise append ".npz" to the name
+        np.savez(file, mu=mu.numpy(), sigma=sigma.numpy())
+
+
+def load_fid_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read `(mu, sigma)` (float64 numpy arrays) from an ADM / torch-fidelity statistics `.npz`."""
+    with np.load(path, allow_pickle=False) as stats:
+        missing = {"mu", "sigma"} - set(stats.files)
+        if missing:
+            raise ValueError(f"{path} has no {sorted(missing)} array(s) (found {stats.files}); not an FID stats file.")
+        mu, sigma = stats["mu"].astype(np.float64), stats["sigma"].astype(np.float64)
+    _check_statistics(torch.from_numpy(mu), torch.from_numpy(sigma))
+    return mu, sigma
+
+
+def _moments(feature_sum: Tensor, outer_sum: Tensor, count: Tensor, side: str) -> tuple[Tensor, Tensor]:
+    """Mean and unbiased covariance from the feature sum, outer-product sum and count."""
+    num = int(count)
+    if num < 2:
+        raise RuntimeError(f"FID needs at least 2 {side} images, got {num}.")
+    mu = feature_sum / num
+    sigma = (outer_sum - num * torch.outer(mu, mu)) / (num - 1)
+    return mu, sigma
+
+
+class _SizedFeature(nn.Module):
+    """A feature module with its output size attached (torchmetrics then skips its own CPU-only probe)."""
+
+    def __init__(self, module: nn.Module, num_features: int):
+        super().__init__()
+        self.module = module
+        self.num_features = num_features
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.module(images)
+
+
+@torch.no_grad()
+def _probe_num_features(feature: nn.Module, input_img_size: tuple[int, int, int]) -> int:
+    """Output size of `feature` on one random image, run where the module's weights are."""
+    tensors = [*feature.parameters(), *feature.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    output = feature(torch.rand(1, *input_img_size, device=device))
+    if output.ndim != 2:
+        raise ValueError(f"The feature module must return [B, D] features, got shape {tuple(output.shape)}.")
+    return int(output.shape[1])
+
+
+class FIDMetric(FrechetInceptionDistance):
+    """Streaming Fréchet distance between real and fake image features (`FrechetInceptionDistance` subclass).
+
+    `update(images, real)` takes float images `[B, 3, H, W]` in [0, 1] (`normalize=True` semantics; clamped) and
+    accumulates float64 sums only. `compute()` returns a 0-d float64 tensor, summed over processes (see the module
+    docstring for the no-padding sharding rule).
+
+    Args:
+        feature: any module mapping [0, 1] images to `[B, D]` features (e.g. DINOv2 features for FD-DINOv2);
+            default: `InceptionFeatureExtractor(inception_weights)`, the standard FID network.
+        inception_weights: local FID Inception weights for the default feature (None downloads them).
+        reset_real_features: whether `reset()` also clears the real side.
+        input_img_size: `(3, H, W)` of the one random image that measures `D` for a `feature` without a
+            `num_features` attribute (run on the module's device).
+        **kwargs: further `torchmetrics.Metric` arguments (`sync_on_compute`, `process_group`, ...).
+    """
+
+    def __init__(
+        self,
+        feature: nn.Module | None = None,
+        inception_weights: str | os.PathLike | None = None,
+        reset_real_features: bool = True,
+        input_img_size: tuple[int, int, int] = (3, 299, 299),
+        **kwargs: Any,
+    ):
+        if feature is None:
+            feature = InceptionFeatureExtractor(inception_weights)
+        elif inception_weights is not None:
+            raise ValueError("inception_weights applies to the default Inception feature only; got a feature module.")
+        if not hasattr(feature, "num_features"):
+            feature = _SizedFeature(feature, _probe_num_features(feature, input_img_size))
+        super().__init__(feature=feature, reset_real_features=reset_real_features, normalize=True, **kwargs)
+        self._reference: tuple[Tensor, Tensor] | None = None
+        self.reference_num_samples: int | None = None
+        self._factor_cache: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def num_features(self) -> int:
+        return int(self.real_features_sum.shape[0])
+
+    def update(self, imgs: Tensor, real: bool) -> None:
+        """Add float images `[B, 3, H, W]` in [0, 1] to the real or the fake side."""
+        if imgs.ndim != 4 or imgs.shape[1] != 3:
+            raise ValueError(f"Expected images [B, 3, H, W] in [0, 1], got shape {tuple(imgs.shape)}.")
+        if real and self._reference is not None:
+            raise RuntimeError("The real side was given by set_real_statistics(); update() takes fake images only.")
+        super().update(imgs.float().clamp(0, 1), real)
+
+    def _real_moments(self) -> tuple[Tensor, Tensor]:
+        if self._reference is not None:
+            device = self.fake_features_sum.device
+            return self._reference[0].to(device), self._reference[1].to(device)
+        return _moments(self.real_features_sum, self.real_features_cov_sum, self.real_features_num_samples, "real")
+
+    def _real_factor(self, sigma: Tensor) -> Tensor:
+        """Square-root factor of the real covariance, reused while it is unchanged (e.g. a fixed reference)."""
+        cached = self._factor_cache
+        if cached is None or cached[0].device != sigma.device or not torch.equal(cached[0], sigma):
+            self._factor_cache = cached = (sigma, _psd_factor(sigma))
+        return cached[1]
+
+    def compute(self) -> Tensor:
+        """Fréchet distance (0-d float64 tensor) between the real side (or the reference) and the fake side."""
+        mu_real, sigma_real = self._real_moments()
+        mu_fake, sigma_fake = _moments(
+            self.fake_features_sum, self.fake_features_cov_sum, self.fake_features_num_samples, "fake"
+        )
+        distance = _frechet_from_factor(mu_real, sigma_real, self._real_factor(sigma_real), mu_fake, sigma_fake)
+        return torch.tensor(distance, dtype=torch.float64, device=self.device)
+
+    def real_statistics(self) -> tuple[Tensor, Tensor]:
+        """`(mu [D], sigma [D, D])` float64 of the real side over all processes (a collective), or the reference."""
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self.sync_on_compute):
+            mu, sigma = self._real_moments()
+        return mu.clone(), sigma.clone()
+
+    def set_real_statistics(self, mu: ArrayLike, sigma: ArrayLike, num_samples: int | None = None) -> None:
+        """Use given statistics (e.g. from `load_fid_stats`) as the real side; real `update`s are refused afterwards.
+
+        The reference is identical on every process and is not summed over processes; `reset()` keeps it.
+        `num_samples` (images behind the statistics) is only recorded, as `reference_num_samples`.
+        """
+        mu, sigma = _as_float64(mu).cpu(), _as_float64(sigma).cpu()
+        _check_statistics(mu, sigma)
+        if mu.shape[0] != self.num_features:
+            raise ValueError(f"Reference statistics have {mu.shape[0]} features, this metric {self.num_features}.")
+        if not (torch.isfinite(mu).all() and torch.isfinite(sigma).all()):
+            raise ValueError("Reference statistics contain NaN or inf.")
+        if num_samples is not None and num_samples < 2:
+            raise ValueError(f"num_samples={num_samples}: statistics need at least 2 images.")
+        self._reference = (mu.clone(), sigma.clone())
+        self.reference_num_samples = num_samples
+        self._computed = None
+
+
+def shard_for_process(dataset: Any, process_index: int, num_processes: int) -> Any:
+    """This process's share of `dataset`, each item in exactly one share and NOTHING padded or repeated.
+
+    Map-style data are cut into contiguous blocks, the first `len % num_processes` blocks one item longer (11 items
+    on 2 processes: 6 and 5), so the shards concatenated in process order give the dataset order:
+    `datasets.Dataset.shard(contiguous=True)`, or a `torch.utils.data.Subset` of an index range for other
+    datasets with `__len__` / `__getitem__`. A streaming `datasets.IterableDataset` goes through
+    `datasets.distributed.split_dataset_by_node` (whole shards per process when they divide evenly, else every
+    `num_processes`-th example). Other iterable datasets cannot be split here: shard them at the source.
+    """
+    if not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index={process_index} must be in [0, num_processes={num_processes}).")
+    if isinstance(dataset, datasets.IterableDataset):
+        return split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
+    if isinstance(dataset, datasets.Dataset):
+        return dataset.shard(num_shards=num_processes, index=process_index, contiguous=True)
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not (
+        hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
+    ):
+        raise TypeError(
+            f"Cannot shard a {type(dataset).__name__}: give a map-style dataset (with __len__ and __getitem__) or a "
+            "datasets.IterableDataset, or split the stream per process yourself without repeating items."
+        )
+    base, extra = divmod(len(dataset), num_processes)
+    start = process_index * base + min(process_index, extra)
+    stop = start + base + (1 if process_index < extra else 0)
+    return Subset(dataset, range(start, stop))
+
+
+__all__ = [
+    "INCEPTION_FEATURE_DIM",
+    "INCEPTION_WEIGHTS_FILE",
+    "FIDMetric",
+    "InceptionFeatureExtractor",
+    "frechet_distance",
+    "load_fid_stats",
+    "save_fid_stats",
+    "save_random_inception_weights",
+    "shard_for_process",
+]

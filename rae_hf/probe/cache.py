@@ -1,0 +1,216 @@
+"""On-disk feature cache: one `datasets` folder (`save_to_disk`) per key, the key hashing everything features
+depend on, so a changed setting never reuses stale features.
+
+Layout: `<cache_dir>/<key>/dataset/` (Arrow, loadable with `datasets.load_from_disk`) and
+`<cache_dir>/<key>/probe_features.json` (what the key was computed from, counts, the dataset check). An entry is
+built in a temporary folder and renamed into place, so an interrupted extraction never leaves a partial entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+import datasets
+import numpy as np
+import torch
+
+from rae_hf.probe.encoders import ProbeEncoder
+from rae_hf.probe.features import ComponentSpec, FeatureSet, collect
+
+__all__ = ["DatasetCheck", "FeatureCache", "feature_cache_key", "feature_description"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+METADATA_FILE = "probe_features.json"
+
+ComponentBatches = Iterable[tuple[dict[str, torch.Tensor], torch.Tensor, int]]
+
+
+@dataclass(frozen=True)
+class DatasetCheck:
+    """Row count and digest of the full label column of a split, verified again whenever a cache entry is reused."""
+
+    num_rows: int
+    labels_digest: str
+
+    @classmethod
+    def from_labels(cls, labels: Iterable[int]) -> DatasetCheck:
+        array = np.asarray(list(labels), dtype=np.int64)
+        return cls(int(array.shape[0]), hashlib.sha256(array.tobytes()).hexdigest()[:32])
+
+
+def feature_description(
+    encoder: ProbeEncoder,
+    spec: ComponentSpec,
+    transform: str,
+    split: str,
+    dataset_fingerprint: str,
+    num_rows: int | None,
+    precision: str,
+    storage_dtype: torch.dtype,
+) -> dict:
+    """Everything the features of one split depend on (the cache key is its hash).
+
+    `transform` is the image transform's description (its `repr`, plus the pass seed for random ones);
+    `dataset_fingerprint` identifies the split's content (`Dataset._fingerprint`, or the source description of a
+    streamed split) and `num_rows` its length when known.
+    """
+    return {
+        "format_version": CACHE_FORMAT_VERSION,
+        "encoder": encoder.identity(),
+        "components": asdict(spec),
+        "transform": transform,
+        "split": split,
+        "dataset": {"fingerprint": dataset_fingerprint, "num_rows": num_rows},
+        "precision": precision,
+        "storage_dtype": str(storage_dtype).removeprefix("torch."),
+    }
+
+
+def feature_cache_key(description: dict) -> str:
+    """Hash of a `feature_description` (canonical JSON)."""
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class FeatureCache:
+    """Features kept in memory only (`root=None`) or stored under `root` and reused by later runs."""
+
+    def __init__(self, root: str | None = None):
+        self.root = root
+
+    def get_or_extract(
+        self,
+        description: dict,
+        extract: Callable[[], ComponentBatches],
+        shapes: dict[str, tuple[int, ...]],
+        check: DatasetCheck | None = None,
+    ) -> tuple[FeatureSet, bool]:
+        """The features of `description`, and whether they came from the cache.
+
+        `extract()` yields `(components, labels, num_skipped)` batches (it runs the encoder); `shapes` gives each
+        component's per-example shape. A stored entry whose dataset check differs from `check` (another dataset
+        under the same fingerprint, edited files, ...) is reported and extracted again.
+        """
+        if self.root is None:
+            return collect(extract()), False
+        key = feature_cache_key(description)
+        entry = os.path.join(self.root, key)
+        metadata = _read_metadata(entry)
+        if metadata is not None:
+            problem = _mismatch(metadata, check)
+            if problem is None:
+                logger.info("Reusing cached features %s (%s).", entry, description["split"])
+                return _load(entry, metadata), True
+            logger.warning("Stale feature cache %s: %s. Extracting again.", entry, problem)
+            shutil.rmtree(entry)
+        self._write(entry, key, description, extract(), shapes, check)
+        return _load(entry, _read_metadata(entry)), False
+
+    def _write(
+        self,
+        entry: str,
+        key: str,
+        description: dict,
+        batches: ComponentBatches,
+        shapes: dict[str, tuple[int, ...]],
+        check: DatasetCheck | None,
+    ) -> None:
+        """Stream the batches into an Arrow dataset in a temporary folder, then move it into place."""
+        os.makedirs(self.root, exist_ok=True)
+        storage = description["storage_dtype"]
+        features = datasets.Features({"labels": datasets.Value("int64")})
+        for name, shape in shapes.items():
+            features[name] = (
+                datasets.List(datasets.Value(storage), length=shape[0])
+                if len(shape) == 1
+                else datasets.Array2D(shape=shape, dtype=storage)
+            )
+        counts = {"num_features": 0, "num_skipped": 0}
+
+        def rows() -> Iterator[dict]:
+            for components, labels, skipped in batches:
+                counts["num_skipped"] += skipped
+                arrays = {name: value.cpu().numpy() for name, value in components.items()}
+                for index, label in enumerate(labels.tolist()):
+                    counts["num_features"] += 1
+                    yield {"labels": label, **{name: array[index] for name, array in arrays.items()}}
+
+        build = tempfile.mkdtemp(prefix=f".{key}-", dir=self.root)
+        try:
+            with _quiet_datasets():
+                dataset = datasets.Dataset.from_generator(
+                    rows, features=features, cache_dir=os.path.join(build, "arrow"), fingerprint=key
+                )
+                if counts["num_features"] == 0:
+                    raise ValueError("The split has no decodable image: nothing to extract features from.")
+                dataset.save_to_disk(os.path.join(build, "dataset"))
+            del dataset
+            shutil.rmtree(os.path.join(build, "arrow"))
+            metadata = {
+                "key": key,
+                "description": description,
+                **counts,
+                "dataset_check": asdict(check) if check is not None else None,
+            }
+            with open(os.path.join(build, METADATA_FILE), "w") as f:
+                json.dump(metadata, f, indent=2)
+            os.replace(build, entry)
+        finally:
+            if os.path.isdir(build):
+                shutil.rmtree(build)
+        logger.info("Cached %d features of %s in %s.", counts["num_features"], description["split"], entry)
+
+
+def _read_metadata(entry: str) -> dict | None:
+    path = os.path.join(entry, METADATA_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _mismatch(metadata: dict, check: DatasetCheck | None) -> str | None:
+    """Why a stored entry does not fit the current dataset, or None."""
+    stored = metadata.get("dataset_check")
+    if check is None or stored is None:
+        return None
+    if stored["num_rows"] != check.num_rows:
+        return f"it was extracted from {stored['num_rows']} rows, the dataset now has {check.num_rows}"
+    if stored["labels_digest"] != check.labels_digest:
+        return "the dataset's labels changed since it was extracted"
+    return None
+
+
+def _load(entry: str, metadata: dict) -> FeatureSet:
+    """Read a stored entry back as tensors, checking its size against its metadata."""
+    dataset = datasets.load_from_disk(os.path.join(entry, "dataset"))
+    if len(dataset) != metadata["num_features"]:
+        raise ValueError(
+            f"Feature cache {entry} holds {len(dataset)} rows but recorded {metadata['num_features']}; delete it."
+        )
+    labels = torch.from_numpy(dataset.select_columns(["labels"]).with_format("numpy")[:]["labels"])
+    storage = np.dtype(metadata["description"]["storage_dtype"])  # numpy formatting would upcast to float32
+    components = dataset.remove_columns(["labels"]).with_format("numpy", dtype=storage)[:]
+    columns = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in components.items()}
+    return FeatureSet(columns, labels, metadata["num_skipped"], metadata)
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Hide `datasets`' own progress bars while ours runs."""
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import time
 
+import datasets
 import torch
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -100,7 +101,7 @@ class SplitFeatures:
             repr(transform) + (f" seed={seed}" if seed is not None else ""),
             name,
             dataset_fingerprint(split, source | {"split": name}),
-            len(split) if hasattr(split, "__len__") else None,
+            len(split) if isinstance(split, datasets.Dataset) else None,
             self.probe_args.extraction_precision,
             self.storage_dtype,
         )
@@ -349,8 +350,8 @@ def finetune(
         "mode": probe_args.mode,
         "encoder": {"name_or_path": encoder.name_or_path, **encoder.identity()},
         "data": {
-            "num_train": len(trainer.train_dataset) if hasattr(trainer.train_dataset, "__len__") else None,
-            "num_validation": len(trainer.eval_dataset) if hasattr(trainer.eval_dataset, "__len__") else None,
+            "num_train": len(splits["train"]) if isinstance(splits["train"], datasets.Dataset) else None,
+            "num_validation": len(splits["validation"]) if isinstance(splits["validation"], datasets.Dataset) else None,
             "num_classes": len(classes),
         },
         "finetune": {

@@ -10,18 +10,18 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
-from datasets.distributed import split_dataset_by_node
-from torch.utils.data import DataLoader
 from transformers import AutoConfig, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from rae_hf.cli import parse_args, save_run_config, setup_logging
 from rae_hf.data import DataArguments, ImageCollator, build_image_transform, load_image_splits, with_image_transform
+from rae_hf.evaluation import compute_reference_statistics, evaluate_reconstruction, shard_loader
 from rae_hf.models.rae import DECODER_PRESETS, RAEModel
 from rae_hf.models.rae.latent_stats import compute_latent_stats
 from rae_hf.trainers.rae import RAETrainer, RAETrainingArguments
@@ -68,6 +68,23 @@ DECODER_SIZE_FIELDS = (
 )
 
 
+@dataclass
+class EvaluationArguments:
+    eval_num_samples: int | None = field(
+        default=10000, metadata={"help": "With --do_eval (and no --do_train): images of the validation split to score."}
+    )
+    save_reconstructions: bool = field(
+        default=False, metadata={"help": "With --do_eval: write reconstructions as PNGs and an ADM-style .npz."}
+    )
+    compute_fid_stats: str | None = field(
+        default=None,
+        metadata={
+            "help": "Save the Inception statistics (mu, sigma) of the validation split's center-cropped images "
+            "to this .npz (the rFID reference), then exit."
+        },
+    )
+
+
 def build_model(args: ModelArguments) -> RAEModel:
     """A saved RAE is loaded as is; any other checkpoint becomes the frozen encoder of a new RAE.
 
@@ -92,17 +109,9 @@ def build_model(args: ModelArguments) -> RAEModel:
 
 def run_latent_stats(model: RAEModel, dataset, collator, model_args, training_args, logger) -> None:
     """Exact statistics over this process's shard of the training split; merged across processes."""
-    accelerator = Accelerator()
-    if hasattr(dataset, "shard"):
-        shard = dataset.shard(num_shards=accelerator.num_processes, index=accelerator.process_index, contiguous=True)
-    else:
-        shard = split_dataset_by_node(dataset, rank=accelerator.process_index, world_size=accelerator.num_processes)
-    loader = DataLoader(
-        shard,
-        batch_size=training_args.per_device_eval_batch_size,
-        collate_fn=collator,
-        num_workers=training_args.dataloader_num_workers,
-        pin_memory=training_args.dataloader_pin_memory,
+    accelerator = Accelerator(cpu=training_args.use_cpu)
+    loader = shard_loader(
+        dataset, accelerator, collator, training_args.per_device_eval_batch_size, training_args.dataloader_num_workers
     )
     model.to(accelerator.device)
     mean, var, count = compute_latent_stats(model, loader, accelerator, model_args.latent_stats_max_samples)
@@ -112,12 +121,52 @@ def run_latent_stats(model: RAEModel, dataset, collator, model_args, training_ar
         model.save_pretrained(training_args.output_dir)
 
 
+def run_evaluation(model, eval_dataset, collator, eval_args, training_args, logger) -> None:
+    """`--compute_fid_stats PATH`: reference statistics; `--do_eval` without `--do_train`: rFID/PSNR/SSIM."""
+    accelerator = Accelerator(cpu=training_args.use_cpu, mixed_precision="bf16" if training_args.bf16 else "no")
+    common = dict(
+        batch_size=training_args.per_device_eval_batch_size,
+        num_samples=eval_args.eval_num_samples,
+        inception_weights=training_args.inception_weights,
+        num_workers=training_args.dataloader_num_workers,
+    )
+    if eval_args.compute_fid_stats:
+        count = compute_reference_statistics(eval_dataset, collator, accelerator, eval_args.compute_fid_stats, **common)
+        logger.info("Saved the Inception statistics of %d images to %s", count, eval_args.compute_fid_stats)
+        return
+    save_dir = os.path.join(training_args.output_dir, "reconstructions") if eval_args.save_reconstructions else None
+    results = evaluate_reconstruction(
+        model,
+        eval_dataset,
+        collator,
+        accelerator,
+        reference_stats=training_args.fid_reference_stats,
+        save_dir=save_dir,
+        **common,
+    )
+    if accelerator.is_main_process:
+        results["model"] = model.config.name_or_path
+        path = os.path.join(training_args.output_dir, "eval_results.json")
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+        logger.info(
+            "rFID %.4f  PSNR %.3f  SSIM %.4f over %d images -> %s",
+            results["rfid"],
+            results["psnr"],
+            results["ssim"],
+            results["num_samples"],
+            path,
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
-    model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, RAETrainingArguments), argv)
+    model_args, data_args, eval_args, training_args = parse_args(
+        (ModelArguments, DataArguments, EvaluationArguments, RAETrainingArguments), argv
+    )
     logger = setup_logging(training_args)
     set_seed(training_args.seed)
     if training_args.should_save:
-        save_run_config(training_args.output_dir, model_args, data_args, training_args)
+        save_run_config(training_args.output_dir, model_args, data_args, eval_args, training_args)
 
     model = build_model(model_args)
     image_size = data_args.image_size or model.config.image_size
@@ -137,10 +186,14 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
 
+    eval_dataset = with_image_transform(splits["validation"], eval_transform, column)
+    if eval_args.compute_fid_stats or (training_args.do_eval and not training_args.do_train):
+        run_evaluation(model, eval_dataset, collator, eval_args, training_args, logger)
+        return
+
     train_dataset = with_image_transform(
         splits["train"], build_image_transform(image_size, data_args.resize_size, train=True), column
     )
-    eval_dataset = with_image_transform(splits["validation"], eval_transform, column)
     trainer = RAETrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=collator
     )

@@ -507,7 +507,7 @@ def test_run_probe_linear_and_knn(encoder_dir, dummy_data, tmp_path):
 
     # second run: both splits come from the cache; knn only
     again = run_probe.main(_argv(encoder_dir, tmp_path / "knn", "--dataset_name", dummy_data["hf"],
-                                 "--feature_cache_dir", str(cache), "--pooling", "mean", "--mode", "knn"))  # fmt: skip
+                                 "--feature_cache_dir", str(cache), "--pooling", "cls", "mean", "--mode", "knn"))  # fmt: skip
     assert again["feature_cache"]["hits"] == {"train": True, "validation": True} and "heads" not in again
     assert {e["k"] for e in again["knn"]} == {10, 20, 32}  # 100 and 200 clipped to the 32 training images
     assert not (tmp_path / "knn" / "accuracy_vs_lr.png").exists()

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import wandb
 from PIL import Image
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 from rae_hf.data import DataArguments, build_image_transform, load_image_splits, with_image_transform
-from rae_hf.metrics import save_random_inception_weights
+from rae_hf.metrics import InceptionFeatureExtractor, save_random_inception_weights
 from rae_hf.models.rae import RAEModel
 from rae_hf.models.rae.latent_stats import RunningMoments
 from rae_hf.tools.make_dummy_dataset import write_dummy_dataset
@@ -45,16 +47,61 @@ def assets(tmp_path_factory) -> dict[str, str]:
 
 def _argv(assets: dict, output_dir: Path, *extra: str) -> list[str]:
     return [
-        "--model_name_or_path", assets["encoder"], "--train_dir", assets["train_dir"],
-        "--validation_dir", assets["validation_dir"], "--discriminator_name_or_path", assets["discriminator"],
-        "--disc_input_size", "16", "--decoder_hidden_size", "32", "--decoder_num_hidden_layers", "2",
-        "--decoder_num_attention_heads", "2", "--decoder_intermediate_size", "64", "--decoder_patch_size", "8",
-        "--lpips_pretrained_backbone", "false", "--gan_schedule_unit", "step", "--disc_upd_start", "1",
-        "--disc_start", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
-        "--logging_steps", "1", "--save_steps", "2", "--report_to", "none", "--use_cpu", "true",
-        "--dataloader_num_workers", "0", "--output_dir", str(output_dir), "--num_sample_images", "4",
-        "--inception_weights", assets["inception"], "--rfid_steps", "4", "--rfid_at_epoch_end", "false",
-        "--sample_every", "2", *extra,
+        "--model_name_or_path",
+        assets["encoder"],
+        "--train_dir",
+        assets["train_dir"],
+        "--validation_dir",
+        assets["validation_dir"],
+        "--discriminator_name_or_path",
+        assets["discriminator"],
+        "--disc_input_size",
+        "16",
+        "--decoder_hidden_size",
+        "32",
+        "--decoder_num_hidden_layers",
+        "2",
+        "--decoder_num_attention_heads",
+        "2",
+        "--decoder_intermediate_size",
+        "64",
+        "--decoder_patch_size",
+        "8",
+        "--lpips_pretrained_backbone",
+        "false",
+        "--gan_schedule_unit",
+        "step",
+        "--disc_upd_start",
+        "1",
+        "--disc_start",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "2",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "true",
+        "--dataloader_num_workers",
+        "0",
+        "--output_dir",
+        str(output_dir),
+        "--num_sample_images",
+        "4",
+        "--inception_weights",
+        assets["inception"],
+        "--rfid_steps",
+        "4",
+        "--rfid_at_epoch_end",
+        "false",
+        "--sample_every",
+        "2",
+        *extra,
     ]
 
 
@@ -63,8 +110,17 @@ def test_train_save_resume_and_outputs(assets, tmp_path):
     output = tmp_path / "run"
     run_rae.main(_argv(assets, output, "--max_steps", "4"))
     files = set(os.listdir(output))
-    assert {"config.json", "model.safetensors", "modeling_rae.py", "configuration_rae.py", "README.md",
-            "reconstructions.png", "run_config.json", "checkpoint-2", "checkpoint-4"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "modeling_rae.py",
+        "configuration_rae.py",
+        "README.md",
+        "reconstructions.png",
+        "run_config.json",
+        "checkpoint-2",
+        "checkpoint-4",
+    } <= files
     run_config = json.loads((output / "run_config.json").read_text())
     assert run_config["ModelArguments"]["decoder_hidden_size"] == 32
     assert run_config["RAETrainingArguments"]["disc_start"] == 2
@@ -84,6 +140,8 @@ def test_train_save_resume_and_outputs(assets, tmp_path):
 
     model = RAEModel.from_pretrained(output).eval()
     assert model(torch.rand(1, 3, 32, 32)).reconstruction.shape == (1, 3, 32, 32)
+
+    check_evaluation_modes(assets, output, callback_rfid=rfid[-1], tmp_path=tmp_path)
 
     run_rae.main(_argv(assets, output, "--max_steps", "6", "--resume_from_checkpoint", "last"))
     state = json.loads((output / "trainer_state.json").read_text())
@@ -123,3 +181,89 @@ def test_streaming_training(assets, tmp_path):
     history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
     assert [e["step"] for e in history if "loss" in e] == [1, 2]
     assert (tmp_path / "model.safetensors").exists()
+
+
+def check_evaluation_modes(assets: dict, trained: Path, callback_rfid: dict, tmp_path: Path) -> None:
+    """--do_eval on the published model gives the callback's last (EMA) values and a direct torchmetrics FID;
+    --compute_fid_stats then --fid_reference_stats reproduce it; --save_reconstructions writes PNGs and an .npz."""
+    evaluation = tmp_path / "eval"
+    run_rae.main(
+        _argv(assets, evaluation, "--do_eval", "true", "--save_reconstructions", "true")
+        + ["--model_name_or_path", str(trained)]
+    )
+    results = json.loads((evaluation / "eval_results.json").read_text())
+    assert results["num_samples"] == 4
+    for key in ("rfid", "psnr", "ssim"):
+        assert results[key] == pytest.approx(callback_rfid[f"eval_{key}"], rel=1e-4, abs=1e-6), key
+    saved = np.load(evaluation / "reconstructions" / "reconstructions_rank0.npz")["arr_0"]
+    assert saved.shape == (4, 32, 32, 3) and saved.dtype == np.uint8
+    assert len(list((evaluation / "reconstructions").glob("*.png"))) == 4
+
+    data_args = DataArguments(train_dir=assets["train_dir"], validation_dir=assets["validation_dir"])
+    validation = with_image_transform(
+        load_image_splits(data_args)["validation"], build_image_transform(32, train=False), "image"
+    )
+    images = torch.stack([e["pixel_values"] for e in validation])
+    model = RAEModel.from_pretrained(trained).eval()
+    with torch.no_grad():
+        reconstructions = model(images).reconstruction.clamp(0, 1)
+    direct = FrechetInceptionDistance(feature=InceptionFeatureExtractor(assets["inception"]), normalize=True)
+    direct.update(images, real=True)
+    direct.update(reconstructions, real=False)
+    assert results["rfid"] == pytest.approx(float(direct.compute()), rel=1e-3)
+
+    stats = tmp_path / "val_stats.npz"
+    run_rae.main(_argv(assets, tmp_path / "stats", "--compute_fid_stats", str(stats)))
+    with_reference = tmp_path / "eval_ref"
+    run_rae.main(
+        _argv(assets, with_reference, "--do_eval", "true", "--fid_reference_stats", str(stats))
+        + ["--model_name_or_path", str(trained)]
+    )
+    assert json.loads((with_reference / "eval_results.json").read_text())["rfid"] == pytest.approx(
+        results["rfid"], rel=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_wandb_offline_dashboard(assets, tmp_path, monkeypatch):
+    """--report_to wandb (offline): the run holds every loss term, rFID/PSNR/SSIM, the config, reconstruction images
+    and, with WANDB_LOG_MODEL=end, the final model as an artifact."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_LOG_MODEL", "end")
+    run_rae.main(
+        _argv(
+            assets,
+            tmp_path / "run",
+            "--max_steps",
+            "4",
+            "--report_to",
+            "wandb",
+            "--save_strategy",
+            "no",
+            "--run_name",
+            "offline-test",
+        )
+    )
+    wandb.finish()  # flush the run (transformers leaves it open until the process exits)
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    (records,) = run_dir.glob("run-*.wandb")
+    data = records.read_bytes()
+    for key in (
+        "train/loss_l1",
+        "train/loss_lpips",
+        "train/loss_gan",
+        "train/d_weight",
+        "train/loss_disc",
+        "train/logits_real",
+        "train/learning_rate",
+        "train/disc_learning_rate",
+        "eval/rfid",
+        "eval/psnr",
+        "eval/ssim",
+        "disc_upd_start",
+        "decoder_hidden_size",
+    ):
+        assert key.encode() in data, key
+    assert list((run_dir / "files" / "media" / "images").glob("reconstructions_*.png"))
+    assert b"model-offline-test" in data or list(run_dir.rglob("*.safetensors")), "final model artifact missing"

@@ -8,12 +8,12 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from torchvision.utils import save_image
 from transformers import Trainer, TrainerCallback
 from transformers.integrations import TensorBoardCallback, WandbCallback
 
-from ..metrics import RFIDEvaluator, shard_for_process
+from ..evaluation import shard_loader
+from ..metrics import RFIDEvaluator
 from ..visualization import reconstruction_grid
 from .ema import EMACallback
 
@@ -89,12 +89,8 @@ class RFIDCallback(TrainerCallback):
             return {}
         self._last_evaluated_step = step
         accelerator = self.trainer.accelerator
-        shard = shard_for_process(self.eval_dataset, accelerator.process_index, accelerator.num_processes)
-        loader = DataLoader(
-            shard,
-            batch_size=self.batch_size,
-            collate_fn=self.collate_fn,
-            num_workers=self.trainer.args.dataloader_num_workers,
+        loader = shard_loader(
+            self.eval_dataset, accelerator, self.collate_fn, self.batch_size, self.trainer.args.dataloader_num_workers
         )
         per_process = None if self.num_samples is None else math.ceil(self.num_samples / accelerator.num_processes)
         was_training = model.training
@@ -151,6 +147,7 @@ def report_image(trainer: Trainer, name: str, image: torch.Tensor, step: int) ->
     """Send a `[3, H, W]` image in [0, 1] to the W&B and TensorBoard reporters the trainer has, if any."""
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, WandbCallback) and getattr(callback, "_initialized", False):
-            callback._wandb.log({name: callback._wandb.Image(image.permute(1, 2, 0).cpu().numpy())}, step=step)
+            image_array = image.permute(1, 2, 0).cpu().numpy()
+            callback._wandb.log({name: callback._wandb.Image(image_array), "train/global_step": step})
         elif isinstance(callback, TensorBoardCallback) and getattr(callback, "tb_writer", None) is not None:
             callback.tb_writer.add_image(name, image, global_step=step)

@@ -147,9 +147,12 @@ class FeatureCache:
         build = tempfile.mkdtemp(prefix=f".{key}-", dir=self.root)
         try:
             with _quiet_datasets():
-                dataset = datasets.Dataset.from_generator(
-                    rows, features=features, cache_dir=os.path.join(build, "arrow"), fingerprint=key
-                )
+                try:
+                    dataset = datasets.Dataset.from_generator(
+                        rows, features=features, cache_dir=os.path.join(build, "arrow"), fingerprint=key
+                    )
+                except datasets.exceptions.DatasetGenerationError as err:  # show the extraction's own error
+                    raise (err.__cause__ or err) from None
                 if counts["num_features"] == 0:
                     raise ValueError("The split has no decodable image: nothing to extract features from.")
                 dataset.save_to_disk(os.path.join(build, "dataset"))

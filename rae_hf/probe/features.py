@@ -275,7 +275,10 @@ def iter_components(
     """Yield `(components, labels, num_skipped)` per batch; components are rounded to `storage_dtype` (on `device`)."""
     dtype = autocast_dtype(device, precision)
     encoder.to(device).eval()
-    total = len(loader) if hasattr(loader, "__len__") else None
+    try:
+        total = len(loader)
+    except TypeError:  # streamed dataset
+        total = None
     for batch in tqdm(loader, desc=desc, total=total, disable=desc is None, unit="batch"):
         pixel_values = batch["pixel_values"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):

@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "diffusers>=0.36",
     "peft>=0.13",
     "torchmetrics>=1.4",
+    "torch-fidelity>=0.3",
     "wandb>=0.18",
     "lpips>=0.1.4",
     "safetensors>=0.4",

@@ -56,7 +56,9 @@ class ModelArguments:
             "it to output_dir and exit."
         },
     )
-    latent_stats_max_samples: int | None = field(default=None, metadata={"help": "Images per process for stats."})
+    latent_stats_max_samples: int | None = field(
+        default=None, metadata={"help": "Use the first N training images for the stats."}
+    )
     num_sample_images: int = field(default=16, metadata={"help": "Validation images in the final reconstruction grid."})
 
 
@@ -111,10 +113,15 @@ def run_latent_stats(model: RAEModel, dataset, collator, model_args, training_ar
     """Exact statistics over this process's shard of the training split; merged across processes."""
     accelerator = Accelerator(cpu=training_args.use_cpu)
     loader = shard_loader(
-        dataset, accelerator, collator, training_args.per_device_eval_batch_size, training_args.dataloader_num_workers
+        dataset,
+        accelerator,
+        collator,
+        training_args.per_device_eval_batch_size,
+        training_args.dataloader_num_workers,
+        model_args.latent_stats_max_samples,
     )
     model.to(accelerator.device)
-    mean, var, count = compute_latent_stats(model, loader, accelerator, model_args.latent_stats_max_samples)
+    mean, var, count = compute_latent_stats(model, loader, accelerator)
     model.set_latent_stats(mean.cpu(), var.cpu())
     logger.info("Latent statistics over %d images: mean |mu| %.4f, mean var %.4f", count, mean.abs().mean(), var.mean())
     if accelerator.is_main_process:

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
-import math
 import os
 
+import datasets
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .metrics import FIDMetric, RFIDEvaluator, load_fid_stats, save_fid_stats, shard_for_process
 
 
-def shard_loader(dataset, accelerator: Accelerator, collate_fn, batch_size: int, num_workers: int) -> DataLoader:
-    """This process's unpadded shard (each image evaluated once over all processes)."""
-    shard = shard_for_process(dataset, accelerator.process_index, accelerator.num_processes)
+def first_items(dataset, count: int | None):
+    """The first `count` items of a map-style or streaming dataset (all of them for None)."""
+    if count is None:
+        return dataset
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.take(count)
+    if isinstance(dataset, datasets.Dataset):
+        return dataset.select(range(min(count, len(dataset))))
+    return Subset(dataset, range(min(count, len(dataset))))
+
+
+def shard_loader(
+    dataset, accelerator: Accelerator, collate_fn, batch_size: int, num_workers: int, num_samples: int | None = None
+) -> DataLoader:
+    """This process's unpadded shard of the first `num_samples` items: the same images are scored whatever the number
+    of processes, each exactly once."""
+    shard = shard_for_process(first_items(dataset, num_samples), accelerator.process_index, accelerator.num_processes)
     return DataLoader(
         shard,
         batch_size=batch_size,
@@ -23,10 +37,6 @@ def shard_loader(dataset, accelerator: Accelerator, collate_fn, batch_size: int,
         num_workers=num_workers,
         pin_memory=accelerator.device.type == "cuda",
     )
-
-
-def _per_process(num_samples: int | None, accelerator: Accelerator) -> int | None:
-    return None if num_samples is None else math.ceil(num_samples / accelerator.num_processes)
 
 
 @torch.no_grad()
@@ -55,13 +65,12 @@ def evaluate_reconstruction(
         autocast_dtype=torch.bfloat16 if accelerator.mixed_precision == "bf16" else None,
     )
     reference = load_fid_stats(reference_stats) if reference_stats else None
-    loader = shard_loader(dataset, accelerator, collate_fn, batch_size, num_workers)
+    loader = shard_loader(dataset, accelerator, collate_fn, batch_size, num_workers, num_samples)
     return evaluator.evaluate(
         lambda images: model(images).reconstruction,
         loader,
         accelerator=accelerator,
         reference=reference,
-        max_samples=_per_process(num_samples, accelerator),
         save_dir=save_dir,
     )
 
@@ -79,18 +88,11 @@ def compute_reference_statistics(
 ) -> int:
     """Inception statistics (`mu`, `sigma`) of `dataset`'s images saved to `path` (.npz); returns the image count."""
     fid = FIDMetric(inception_weights=inception_weights).to(accelerator.device)
-    limit, seen = _per_process(num_samples, accelerator), 0
-    loader = shard_loader(dataset, accelerator, collate_fn, batch_size, num_workers)
+    loader = shard_loader(dataset, accelerator, collate_fn, batch_size, num_workers, num_samples)
     for batch in tqdm(loader, desc="FID statistics", disable=not accelerator.is_main_process):
-        images = batch["pixel_values"].to(accelerator.device)
-        if limit is not None:
-            images = images[: limit - seen]
-        fid.update(images, real=True)
-        seen += images.shape[0]
-        if limit is not None and seen >= limit:
-            break
+        fid.update(batch["pixel_values"].to(accelerator.device), real=True)
     mu, sigma = fid.real_statistics()
-    count = int(fid.real_features_num_samples)
+    count = int(accelerator.reduce(fid.real_features_num_samples.clone(), reduction="sum"))
     if accelerator.is_main_process:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         save_fid_stats(path, mu.cpu().numpy(), sigma.cpu().numpy())

@@ -108,17 +108,17 @@ class TinyDinoCLS(nn.Module):
 
 
 # ----- Inception feature --------------------------------------------------------------------------------------------
-def test_inception_features_are_2048_d_and_quantized_like_png(inception_weights):
+def test_inception_features_are_2048_d_and_rounded_to_uint8(inception_weights):
     extractor = InceptionFeatureExtractor(inception_weights)
     extractor.train()
     assert not extractor.network.training
     batch = images(1, 40)
     with torch.no_grad():
         features = extractor(batch)
-        as_png = extractor((batch * 255).round() / 255)
+        nudged = extractor(((batch * 255).round() - 0.4).clamp(0, 255) / 255)  # rounds back; truncating would not
     assert features.shape == (1, 2048) and features.dtype == torch.float32
     assert torch.isfinite(features).all() and features.std() > 0
-    assert torch.equal(features, as_png)
+    assert torch.equal(features, nudged)
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         extractor(batch[:, :1])
 
@@ -346,7 +346,7 @@ def test_two_processes_with_uneven_shards_match_one_process(tmp_path):
     for result in ranks:
         assert result["num_samples"] == single["num_samples"] == NUM_IMAGES
         for key in ("rfid", "psnr", "ssim", "rfid_reference"):
-            assert result[key] == pytest.approx(single[key], rel=1e-4, abs=1e-4), key
+            assert result[key] == pytest.approx(single[key], rel=1e-4), key
     assert single["rfid_reference"] == pytest.approx(single["rfid"], rel=1e-6)
 
     per_rank = []

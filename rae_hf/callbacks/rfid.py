@@ -90,9 +90,13 @@ class RFIDCallback(TrainerCallback):
         self._last_evaluated_step = step
         accelerator = self.trainer.accelerator
         loader = shard_loader(
-            self.eval_dataset, accelerator, self.collate_fn, self.batch_size, self.trainer.args.dataloader_num_workers
+            self.eval_dataset,
+            accelerator,
+            self.collate_fn,
+            self.batch_size,
+            self.trainer.args.dataloader_num_workers,
+            self.num_samples,
         )
-        per_process = None if self.num_samples is None else math.ceil(self.num_samples / accelerator.num_processes)
         was_training = model.training
         model.eval()
         with self._weights(model):
@@ -101,7 +105,6 @@ class RFIDCallback(TrainerCallback):
                 loader,
                 accelerator=accelerator,
                 reference=self.reference,
-                max_samples=per_process,
             )
         model.train(was_training)
         self.best_rfid = min(self.best_rfid, results["rfid"])

@@ -204,7 +204,7 @@ def _load(entry: str, metadata: dict) -> FeatureSet:
     storage = np.dtype(metadata["description"]["storage_dtype"])  # numpy formatting would upcast to float32
     components = dataset.remove_columns(["labels"]).with_format("numpy", dtype=storage)[:]
     columns = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in components.items()}
-    return FeatureSet(columns, labels, metadata["num_skipped"], metadata)
+    return FeatureSet(columns, labels, metadata["num_skipped"])
 
 
 @contextlib.contextmanager

@@ -52,8 +52,8 @@ class TokenLayout:
             `get_intermediate_layers(norm=True)` does.
         has_cls_token: the sequence starts with a CLS token; `config.num_register_tokens` registers follow it.
         normed_last_hidden_state: whether `last_hidden_state` already went through `final_norm` (CLIP's does not).
-        pooled_output_as_cls: without a CLS token, the backbone's `pooler_output` (SigLIP's attention-pooling head)
-            is the `cls` feature.
+        pooling_head: attribute of a pooling head whose `pooler_output` stands in for a missing CLS token (SigLIP's
+            attention-pooling `head`); None when the backbone has a CLS token or no such head.
         image_mean / image_std: normalization used when the checkpoint ships no image-processor config.
         unused_modules: backbone attributes a probe never uses (set to None, so checkpoints without them load).
     """
@@ -61,7 +61,7 @@ class TokenLayout:
     final_norm: str
     has_cls_token: bool = True
     normed_last_hidden_state: bool = True
-    pooled_output_as_cls: bool = False
+    pooling_head: str | None = None
     image_mean: tuple[float, ...] = IMAGENET_MEAN
     image_std: tuple[float, ...] = IMAGENET_STD
     unused_modules: tuple[str, ...] = ()
@@ -82,7 +82,7 @@ TOKEN_LAYOUTS: dict[str, TokenLayout] = {
     "siglip_vision_model": TokenLayout(
         "post_layernorm",
         has_cls_token=False,
-        pooled_output_as_cls=True,
+        pooling_head="head",
         image_mean=HALF,
         image_std=HALF,
     ),
@@ -199,10 +199,11 @@ class ProbeEncoder(nn.Module):
     @property
     def has_cls_feature(self) -> bool:
         """Whether a `cls` feature exists (a CLS token, or a pooled output standing in for it)."""
-        return self.layout.has_cls_token or (self.layout.pooled_output_as_cls and self._has_pooler())
+        return self.layout.has_cls_token or self._has_pooling_head()
 
-    def _has_pooler(self) -> bool:
-        return getattr(self.backbone, "head", None) is not None
+    def _has_pooling_head(self) -> bool:
+        head = self.layout.pooling_head
+        return head is not None and getattr(self.backbone, head, None) is not None
 
     # ----- forward ------------------------------------------------------------------------------------------------
     def preprocess(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -227,7 +228,7 @@ class ProbeEncoder(nn.Module):
         if not self.layout.normed_last_hidden_state:
             last = norm(last)
         earlier = tuple(norm(hidden) for hidden in outputs.hidden_states[-num_blocks:-1]) if num_blocks > 1 else ()
-        pooled = getattr(outputs, "pooler_output", None) if self.layout.pooled_output_as_cls else None
+        pooled = outputs.pooler_output if self._has_pooling_head() else None
         return ProbeEncoderOutput(blocks=(*earlier, last), pooled_output=pooled)
 
     def cls_token(self, tokens: torch.Tensor, pooled_output: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
@@ -214,14 +214,13 @@ class FeatureSet:
     components: dict[str, torch.Tensor]
     labels: torch.Tensor
     num_skipped: int = 0
-    metadata: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
 
     def to(self, device: torch.device | str) -> FeatureSet:
         components = {name: value.to(device) for name, value in self.components.items()}
-        return FeatureSet(components, self.labels.to(device), self.num_skipped, self.metadata)
+        return FeatureSet(components, self.labels.to(device), self.num_skipped)
 
     def variant(self, variant: FeatureVariant) -> torch.Tensor:
         """All `[N, D]` float32 features of one variant."""

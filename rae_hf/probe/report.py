@@ -97,16 +97,16 @@ def plot_accuracy_vs_lr(heads: list[dict], path: str, title: str = "Linear probe
     if x_max - x_min < 1e-9:
         x_min, x_max = x_min - 0.5, x_max + 0.5
     accuracies = [100 * head["top1"] for head in heads if not head.get("diverged")] or [0.0, 100.0]
-    y_min = max(0.0, 10 * math.floor((min(accuracies) - 2) / 10))
-    y_max = min(100.0, 10 * math.ceil((max(accuracies) + 2) / 10))
-    y_max = y_max if y_max > y_min else y_min + 10
+    low, high = min(accuracies) - 1, max(accuracies) + 1
+    y_step = next(step for step in (1, 2, 5, 10, 20) if high - low <= 5 * step)
+    y_min = max(0, y_step * math.floor(low / y_step))
+    y_max = min(100, y_step * math.ceil(high / y_step))
 
     def to_xy(lr: float, accuracy: float) -> tuple[float, float]:
         x = left + (math.log10(lr) - x_min) / (x_max - x_min) * plot_w
         return x, top + (1 - (accuracy - y_min) / (y_max - y_min)) * plot_h
 
-    for step in range(6):  # horizontal grid and y labels
-        value = y_min + step * (y_max - y_min) / 5
+    for value in range(y_min, y_max + 1, y_step):  # horizontal grid and y labels
         _, y = to_xy(10**x_min, value)
         draw.line([(left, y), (left + plot_w, y)], fill=(225, 225, 225))
         draw.text((left - 8, y), f"{value:.0f}", fill="black", font=small, anchor="rm")
@@ -119,7 +119,7 @@ def plot_accuracy_vs_lr(heads: list[dict], path: str, title: str = "Linear probe
     draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
     draw.text((left + plot_w / 2, 18), title, fill="black", font=font, anchor="mm")
     draw.text((left + plot_w / 2, height - 20), "base learning rate (log scale)", fill="black", font=small, anchor="mm")
-    draw.text((14, top + plot_h / 2), "top-1 %", fill="black", font=small, anchor="lm")
+    draw.text((left, top - 8), "validation top-1 (%)", fill="black", font=small, anchor="lb")
 
     best = best_head(heads)
     variants = list(dict.fromkeys(head["feature"] for head in heads))

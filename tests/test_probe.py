@@ -24,6 +24,8 @@ from transformers import (
     Dinov2Model,
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
+    DINOv3ViTConfig,
+    DINOv3ViTModel,
     SiglipConfig,
     SiglipModel,
     ViTConfig,
@@ -136,18 +138,20 @@ def _save_tiny(kind: str, path: Path) -> torch.nn.Module:
     torch.manual_seed(0)
     model = {
         "dinov2": lambda: Dinov2Model(Dinov2Config(**SMALL)),
+        "dinov3": lambda: DINOv3ViTModel(DINOv3ViTConfig(**SMALL, num_register_tokens=2)),
         "vit": lambda: ViTModel(ViTConfig(**SMALL), add_pooling_layer=False),
         "vit_mae": lambda: ViTMAEModel(ViTMAEConfig(**SMALL)),  # mask_ratio 0.75 in the config: the loader resets it
         "clip": lambda: CLIPModel(CLIPConfig(text_config=TEXT, vision_config=SMALL, projection_dim=16)),
         "siglip": lambda: SiglipModel(SiglipConfig(text_config=TEXT, vision_config=SMALL)),
     }[kind]()
     model.save_pretrained(path)
-    return model
+    return model.eval()
 
 
 # kind -> (model_type, prefix tokens, CLS feature from a pooling head)
 LAYOUTS = {
     "dinov2": ("dinov2", 1, False),
+    "dinov3": ("dinov3_vit", 3, False),
     "vit": ("vit", 1, False),
     "vit_mae": ("vit_mae", 1, False),
     "clip": ("clip_vision_model", 1, False),
@@ -449,7 +453,10 @@ def test_paper_recipes_follow_their_protocols(tmp_path):
     assert (data_args.dataset_name, data_args.image_size, probe_args.crop_pct) == ("ILSVRC/imagenet-1k", 224, 0.875)
     probe_args, _, args = load("mae_b_linear_imagenet.yaml")
     assert (probe_args.pooling, args.head_norm, args.head_optimizer, args.head_init) == (
-        ["cls"], "batchnorm", "lars", "trunc_normal"
+        ["cls"],
+        "batchnorm",
+        "lars",
+        "trunc_normal",
     )
     assert (args.learning_rates, args.per_device_train_batch_size, args.num_train_epochs) == ([0.1], 16384, 90)
     assert args.head_warmup_epochs == 10
@@ -506,8 +513,9 @@ def test_run_probe_linear_and_knn(encoder_dir, dummy_data, tmp_path):
     assert accuracy == pytest.approx(stored["best"]["top1"])
 
     # second run: both splits come from the cache; knn only
-    again = run_probe.main(_argv(encoder_dir, tmp_path / "knn", "--dataset_name", dummy_data["hf"],
-                                 "--feature_cache_dir", str(cache), "--pooling", "cls", "mean", "--mode", "knn"))  # fmt: skip
+    argv = _argv(encoder_dir, tmp_path / "knn", "--dataset_name", dummy_data["hf"], "--feature_cache_dir", str(cache),
+                 "--pooling", "cls", "mean", "--mode", "knn")  # fmt: skip
+    again = run_probe.main(argv)
     assert again["feature_cache"]["hits"] == {"train": True, "validation": True} and "heads" not in again
     assert {e["k"] for e in again["knn"]} == {10, 20, 32}  # 100 and 200 clipped to the 32 training images
     assert not (tmp_path / "knn" / "accuracy_vs_lr.png").exists()

@@ -295,7 +295,7 @@ class RAETrainer(RaeHfTrainer):
             metrics.update(self._discriminator_steps(images, reconstruction.detach(), accumulation))
         if self.accelerator.sync_gradients:  # the disc schedule follows the decoder's optimizer steps
             with warnings.catch_warnings():  # steps before disc_upd_start are intended, not a misuse
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 self.disc_lr_scheduler.step()
         self.record_metrics(**metrics)
         return loss.detach() / accumulation

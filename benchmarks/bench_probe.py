@@ -72,8 +72,9 @@ ENCODERS = {
     ),
 }
 HEADER = (
-    "| device | encoder | images | epochs | heads | uncached s | cached s (extract + heads) | speedup | disk: 1st run s "
-    "| disk: reuse s | same accuracy |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    "| device | encoder | images | epochs | heads | uncached s | cached s (extract + heads) | speedup "
+    "| disk: 1st run s | disk: reuse s | same accuracy |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+    "| --- |"
 )
 
 

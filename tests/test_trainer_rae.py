@@ -96,6 +96,8 @@ def test_adaptive_weight_and_losses_logged(tmp_path):
                 "learning_rate", "disc_learning_rate", "images_per_second", "skipped_images_total"):
         assert key in last, key
     assert 0 < last["d_weight"] <= 1e4
+    rows = (tmp_path / "logs.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,name,value" and any(row.startswith("4,") and ",d_weight," in row for row in rows)
 
 
 def test_overfit_few_images_halves_l1(tmp_path):

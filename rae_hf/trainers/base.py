@@ -11,6 +11,8 @@ import safetensors.torch
 import torch
 from transformers import Trainer
 
+from ..callbacks import CSVLoggerCallback
+
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a logged loss term is NaN or infinite."""
@@ -29,6 +31,8 @@ class RaeHfTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if getattr(self.args, "log_csv", False):
+            self.add_callback(CSVLoggerCallback(self.args.output_dir))
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_counts: dict[str, int] = {}
         self._images_since_log = 0

@@ -95,6 +95,7 @@ class RAETrainingArguments(TrainingArguments):
             "statistics as the real side of the FID."
         },
     )
+    log_csv: bool = field(default=True, metadata={"help": "Also write every logged value to output_dir/logs.csv."})
     profile_steps: int = field(
         default=0, metadata={"help": "Profile this many steps with torch.profiler (trace in output_dir/profile)."}
     )

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from accelerate import Accelerator
 from transformers import AutoConfig, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from rae_hf.cli import parse_args, save_run_config, setup_logging
+from rae_hf.cli import parse_args, resolve_resume_checkpoint, save_run_config, setup_logging
 from rae_hf.data import DataArguments, ImageCollator, build_image_transform, load_image_splits, with_image_transform
 from rae_hf.evaluation import compute_reference_statistics, evaluate_reconstruction, shard_loader
 from rae_hf.models.rae import DECODER_PRESETS, RAEModel
@@ -205,14 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=collator
     )
 
-    resume = training_args.resume_from_checkpoint
-    if resume == "last":
-        resume = get_last_checkpoint(training_args.output_dir)
-        if resume is None:
-            raise FileNotFoundError(
-                f"--resume_from_checkpoint last: no checkpoint-* folder in {training_args.output_dir}"
-            )
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
     trainer.save_model()  # EMA weights (applied at train end), encoder included: self-contained
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)

@@ -14,6 +14,7 @@ import datasets
 import transformers
 import yaml
 from transformers import HfArgumentParser
+from transformers.trainer_utils import get_last_checkpoint
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -83,3 +84,15 @@ def save_run_config(output_dir: str, *arguments) -> str:
     with open(path, "w") as f:
         json.dump(resolved, f, indent=2, default=str)
     return path
+
+
+def resolve_resume_checkpoint(training_args) -> str | None:
+    """`--resume_from_checkpoint last` -> the newest `checkpoint-*` of `output_dir` (a clear error when none)."""
+    resume = training_args.resume_from_checkpoint
+    if resume == "last":
+        resume = get_last_checkpoint(training_args.output_dir)
+        if resume is None:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint last: no checkpoint-* folder in {training_args.output_dir}"
+            )
+    return resume

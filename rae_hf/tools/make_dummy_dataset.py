@@ -42,6 +42,7 @@ def write_dummy_dataset(output_dir: str, split_sizes: dict[str, int], image_size
     samples = {
         split: make_dummy_images(size, image_size, seed * len(SPLITS) + SPLITS.index(split))
         for split, size in split_sizes.items()
+        if size > 0  # an empty split would be unreadable by datasets.load_from_disk
     }
     if fmt == "imagefolder":
         for split, items in samples.items():

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 
 import datasets
 import torch
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from rae_hf.cli import parse_args, save_run_config, setup_logging
+from rae_hf.cli import parse_args, resolve_resume_checkpoint, save_run_config, setup_logging
 from rae_hf.data import DataArguments, ImageCollator, load_image_splits
 from rae_hf.probe import (
     CachedFeatureSource,
@@ -125,9 +125,8 @@ class SplitFeatures:
                 desc=f"Features of {name}{tag}",
             )
 
-        features, hit = self.cache.get_or_extract(
-            description, extract, self.spec.shapes(self.encoder), dataset_check(split, self.label_column)
-        )
+        check = dataset_check(split, self.label_column) if self.cache.root else None
+        features, hit = self.cache.get_or_extract(description, extract, self.spec.shapes(self.encoder), check)
         self.cache_hits[name + tag] = hit
         return features
 
@@ -258,8 +257,8 @@ def linear_heads(
             "base_learning_rate": spec.learning_rate,
             "learning_rate": spec.learning_rate * trained.lr_scale,
             **accuracy,
-            "train_loss": loss,
-            "diverged": not torch.isfinite(torch.tensor(loss)).item(),
+            "train_loss": loss if math.isfinite(loss) else None,
+            "diverged": not math.isfinite(loss),
         }
         for spec, accuracy, loss in zip(heads.specs, accuracies, trained.train_loss, strict=True)
     ]
@@ -331,14 +330,7 @@ def finetune(
         data_collator=ImageCollator(max_bad_image_fraction=data_args.max_bad_image_fraction),
         compute_metrics=classification_metrics,
     )
-    resume = training_args.resume_from_checkpoint
-    if resume == "last":
-        resume = get_last_checkpoint(training_args.output_dir)
-        if resume is None:
-            raise FileNotFoundError(
-                f"--resume_from_checkpoint last: no checkpoint-* folder in {training_args.output_dir}"
-            )
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result = trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
     trainer.log_metrics("train", train_result.metrics)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)

@@ -364,16 +364,15 @@ def test_cache_key_changes_with_what_features_depend_on(encoder, encoder_dir, sp
 
     base = key()
     assert key() == base and key(variants=("last_n",)) == base  # last_n with n=1 stores the same CLS tokens
-    other_encoder = load_encoder(encoder_dir)
-    assert key(encoder=other_encoder) == base  # same weights loaded again
+    assert key(encoder=load_encoder(encoder_dir)) == base  # same weights loaded again
+    perturbed = load_encoder(encoder_dir)
     with torch.no_grad():
-        other_encoder.backbone.embeddings.cls_token.add_(1e-3)
-    other_encoder._fingerprint = None
+        perturbed.backbone.embeddings.cls_token.add_(1e-3)
     changed = {
         "pooling mean": key(variants=("mean",)),
         "pooling last_n": key(variants=("last_n",), n_last=(2,)),
         "resolution": key(encoder=load_encoder(encoder_dir, image_size=16)),
-        "weights": key(encoder=other_encoder),
+        "weights": key(encoder=perturbed),
         "transform": key(transform="eval-16"),
         "split": key(split="validation"),
         "dataset": key(fingerprint=splits["validation"]._fingerprint),
@@ -546,3 +545,19 @@ def test_run_probe_finetuning(encoder_dir, dummy_data, tmp_path, mode):
     assert isinstance(classifier, ProbeClassifier) and classifier.config.id2label[0] == "circle"
     assert not any("lora" in name for name, _ in classifier.named_parameters())  # LoRA merged into the weights
     assert "## Fine-tuning" in (tmp_path / "probe_results.md").read_text()
+
+
+@pytest.mark.slow
+def test_run_probe_encoder_checkpoint_alias_on_an_rae(dummy_data, tmp_path):
+    """The seed framework's `--encoder_checkpoint` names a trained RAE: its encoder and latent are probed."""
+    rae = tiny_rae()
+    rae.set_latent_stats(None, 0.5 + torch.rand(32, 4, 4))
+    rae.save_pretrained(tmp_path / "rae")
+    argv = ["--encoder_checkpoint", str(tmp_path / "rae"), "--output_dir", str(tmp_path / "probe"), "--use_cpu", "true",
+            "--dataset_name", dummy_data["hf"], "--pooling", "mean", "latent_mean", "--learning_rates", "0.1",
+            "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--disable_tqdm", "true"]  # fmt: skip
+    results = run_probe.main(argv)
+    assert results["encoder"]["model_type"] == "dinov2_with_registers" and results["encoder"]["latent_norm_eps"]
+    assert {head["feature"] for head in results["heads"]} == {"mean", "latent_mean"}
+    classifier = AutoModelForImageClassification.from_pretrained(tmp_path / "probe")
+    torch.testing.assert_close(classifier.encoder.latents_var, rae.latents_var)

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import datasets
@@ -43,8 +43,8 @@ class DatasetCheck:
     labels_digest: str
 
     @classmethod
-    def from_labels(cls, labels: Iterable[int]) -> DatasetCheck:
-        array = np.asarray(list(labels), dtype=np.int64)
+    def from_labels(cls, labels: Sequence[int] | np.ndarray) -> DatasetCheck:
+        array = np.asarray(labels, dtype=np.int64)
         return cls(int(array.shape[0]), hashlib.sha256(array.tobytes()).hexdigest()[:32])
 
 
@@ -166,7 +166,11 @@ class FeatureCache:
             }
             with open(os.path.join(build, METADATA_FILE), "w") as f:
                 json.dump(metadata, f, indent=2)
-            os.replace(build, entry)
+            try:
+                os.replace(build, entry)
+            except OSError:  # another process stored the same features meanwhile: keep theirs
+                if _read_metadata(entry) is None:
+                    raise
         finally:
             if os.path.isdir(build):
                 shutil.rmtree(build)

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 import datasets
+import numpy as np
 import torch
 from torchvision.transforms import v2
 
@@ -35,7 +36,9 @@ AnyDataset = datasets.Dataset | datasets.IterableDataset
 def detect_label_column(dataset: AnyDataset, name: str | None = None) -> str:
     """The label column: `name` when given, else the first of `LABEL_COLUMN_CANDIDATES`, else the only `ClassLabel`
     column. Raises a `ValueError` listing the columns when none fits."""
-    columns = list(dataset.column_names or [])
+    columns = dataset.column_names
+    if columns is None:  # streamed dataset without declared features: look at the first example
+        columns = list(next(iter(dataset.take(1)), {}))
     if name is not None:
         if name not in columns:
             raise ValueError(f"Label column {name!r} not found; available columns: {columns}.")
@@ -109,7 +112,7 @@ def dataset_check(dataset: AnyDataset, label_column: str) -> DatasetCheck | None
     """Row count and label digest of a map-style split (reads only the label column); None for streamed splits."""
     if not isinstance(dataset, datasets.Dataset):
         return None
-    return DatasetCheck.from_labels(dataset.select_columns([label_column]).with_format("numpy")[label_column])
+    return DatasetCheck.from_labels(_label_array(dataset, label_column))
 
 
 def id2label(dataset: AnyDataset, label_column: str, observed: Sequence[int] | None = None) -> dict[int, str]:
@@ -124,8 +127,13 @@ def id2label(dataset: AnyDataset, label_column: str, observed: Sequence[int] | N
                 f"The streamed column {label_column!r} is not a ClassLabel: the number of classes is unknown before "
                 "reading the whole stream. Use a dataset with ClassLabel labels or one that is not streamed."
             )
-        observed = dataset.select_columns([label_column]).with_format("numpy")[label_column]
+        observed = _label_array(dataset, label_column)
     labels = [int(label) for label in observed]
     if not labels or min(labels) < 0:
         raise ValueError(f"Labels of {label_column!r} must be non-negative class indices.")
     return {index: str(index) for index in range(max(labels) + 1)}
+
+
+def _label_array(dataset: datasets.Dataset, label_column: str) -> np.ndarray:
+    """The whole label column as one array (reads that column only; iterating a `Column` is much slower)."""
+    return dataset.select_columns([label_column]).with_format("numpy")[:][label_column]

@@ -145,8 +145,9 @@ class ProbeEncoder(nn.Module):
         self.latent_norm_eps = latent_norm_eps
         if self.image_size % self.patch_size != 0:
             raise ValueError(f"image_size={image_size} must be a multiple of the patch size {self.patch_size}.")
-        self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32).view(-1, 1, 1), False)
-        self.register_buffer("image_std", torch.tensor(image_std, dtype=torch.float32).view(-1, 1, 1), False)
+        mean, std = (torch.tensor(values, dtype=torch.float32).view(-1, 1, 1) for values in (image_mean, image_std))
+        self.register_buffer("image_mean", mean, persistent=False)
+        self.register_buffer("image_std", std, persistent=False)
         if latent_norm_eps is not None:
             shape = (self.hidden_size, self.grid_size, self.grid_size)
             self.register_buffer("latents_mean", torch.zeros(shape))

@@ -1,7 +1,8 @@
 """Models of rae_hf, registered with the transformers Auto classes on import."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from ..probe.classifier import ProbeClassifier, ProbeClassifierConfig
 from .rae import RAEConfig, RAEModel
 
 AutoConfig.register(RAEConfig.model_type, RAEConfig, exist_ok=True)
@@ -10,4 +11,7 @@ AutoModel.register(RAEConfig, RAEModel, exist_ok=True)
 RAEConfig.register_for_auto_class()
 RAEModel.register_for_auto_class("AutoModel")
 
-__all__ = ["RAEConfig", "RAEModel"]
+AutoConfig.register(ProbeClassifierConfig.model_type, ProbeClassifierConfig, exist_ok=True)
+AutoModelForImageClassification.register(ProbeClassifierConfig, ProbeClassifier, exist_ok=True)
+
+__all__ = ["ProbeClassifier", "ProbeClassifierConfig", "RAEConfig", "RAEModel"]

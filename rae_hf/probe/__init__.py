@@ -2,10 +2,8 @@
 
 Flow: `load_encoder` -> `extract_features` / `FeatureCache` (one encoder pass per split, cached) -> `LinearHeadGrid` +
 `train_heads` (every learning rate and feature variant in one pass) / `knn_evaluate` -> `ProbeClassifier`.
-Importing this package registers `ProbeClassifier` with `AutoConfig` and `AutoModelForImageClassification`.
+`import rae_hf` registers `ProbeClassifier` with `AutoConfig` and `AutoModelForImageClassification`.
 """
-
-from transformers import AutoConfig, AutoModelForImageClassification
 
 from rae_hf.probe.accuracy import accuracy_metrics, topk_accuracy
 from rae_hf.probe.cache import DatasetCheck, FeatureCache, feature_cache_key, feature_description
@@ -43,9 +41,6 @@ from rae_hf.probe.heads import (
     train_heads,
 )
 from rae_hf.probe.knn import DEFAULT_KS, knn_evaluate, knn_scores
-
-AutoConfig.register(ProbeClassifierConfig.model_type, ProbeClassifierConfig, exist_ok=True)
-AutoModelForImageClassification.register(ProbeClassifierConfig, ProbeClassifier, exist_ok=True)
 
 __all__ = [
     "DEFAULT_KS",

@@ -18,9 +18,7 @@ from rae_hf.probe.features import POOLINGS
 from rae_hf.probe.heads import DINOV2_LEARNING_RATES
 from rae_hf.probe.knn import DEFAULT_KS
 
-__all__ = ["MODES", "ProbeArguments", "ProbeTrainingArguments"]
-
-MODES = ("linear", "knn", "lora", "full")
+__all__ = ["ProbeArguments", "ProbeTrainingArguments"]
 
 
 @dataclass

@@ -97,7 +97,7 @@ class FeatureVariant:
         """Length of the feature vector for `encoder`."""
         if self.latent == "flat":
             return encoder.hidden_size * encoder.grid_size**2
-        return encoder.hidden_size * (max(self.cls_blocks, 0) + int(self.patch_mean) + int(self.latent == "mean"))
+        return encoder.hidden_size * (self.cls_blocks + int(self.patch_mean) + int(self.latent == "mean"))
 
 
 def feature_variants(

@@ -23,10 +23,7 @@ resident set size on CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import sys
 import tempfile
 import time
 
@@ -34,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is built from a
 
 import torch
 import transformers
+from common import emit, peak_memory_gib
 from transformers import Dinov2WithRegistersConfig
 
 from rae_hf.metrics import (
@@ -112,12 +110,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({torch.get_num_threads()} threads)"
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # ru_maxrss is in KiB on Linux
 
 
 @torch.no_grad()
@@ -222,13 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     transformers.logging.set_verbosity_error()
     result = run(args)
-    if args.header:
-        print(HEADER)
-    print(markdown_row(result))
-    sys.stdout.flush()
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({**result, "settings": vars(args)}, f, indent=2)
+    emit(markdown_row(result), HEADER if args.header else None, result, vars(args), args.json_out)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,9 @@ all processes (batch is per process) and memory is that of process 0.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import resource
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -36,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is built from a
 
 import torch
 import transformers
+from common import emit, peak_memory_gib
 from transformers import (
     Dinov2WithRegistersConfig,
     PrinterCallback,
@@ -213,12 +211,6 @@ class StepTimer(TrainerCallback):
         self.marks[state.global_step] = time.perf_counter()
 
 
-def peak_memory_gib(cuda: bool) -> float:
-    if cuda:
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # ru_maxrss is in KiB on Linux
-
-
 def device_name(cuda: bool) -> str:
     if cuda:
         return torch.cuda.get_device_name()
@@ -294,7 +286,7 @@ def run(args: argparse.Namespace) -> dict:
         "seconds_per_step": seconds_per_step,
         "seconds_per_step_median": statistics.median(durations),
         "seconds_per_step_max": max(durations),
-        "peak_memory_gib": peak_memory_gib(cuda),
+        "peak_memory_gib": peak_memory_gib(torch.device("cuda" if cuda else "cpu")),
         "peak_memory_kind": "cuda max_memory_allocated" if cuda else "process peak RSS",
         "image_size": model.config.image_size,
         "decoder_trainable_parameters": trainable,
@@ -329,13 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args)
     if not result.pop("is_main_process"):
         return
-    if args.header:
-        print(HEADER)
-    print(markdown_row(result))
-    sys.stdout.flush()
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({**result, "settings": vars(args)}, f, indent=2)
+    emit(markdown_row(result), HEADER if args.header else None, result, vars(args), args.json_out)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,22 @@ from rae_hf.models.rae.discriminator import DinoDiscriminator
 def tiny_rae_config(**overrides) -> RAEConfig:
     """DINOv2-with-registers encoder (patch 8 at 32 px -> 4x4 tokens), 2-layer decoder (patch 8 -> 32 px out)."""
     encoder = Dinov2WithRegistersConfig(
-        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, num_register_tokens=4,
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_register_tokens=4,
     )
     kwargs = dict(
-        encoder_config=encoder, encoder_input_size=32, decoder_hidden_size=32, decoder_num_hidden_layers=2,
-        decoder_num_attention_heads=2, decoder_intermediate_size=64, decoder_patch_size=8,
+        encoder_config=encoder,
+        encoder_input_size=32,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=64,
+        decoder_patch_size=8,
     )
     kwargs.update(overrides)
     return RAEConfig(**kwargs)
@@ -40,7 +50,11 @@ def tiny_discriminator(seed: int = 0) -> DinoDiscriminator:
     """12-block ViT (hook blocks 2, 5, 8, 11 like DINO ViT-S/8) of width 16 at 16 px."""
     torch.manual_seed(seed)
     config = ViTConfig(
-        image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=12, num_attention_heads=2,
+        image_size=16,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=12,
+        num_attention_heads=2,
         intermediate_size=32,
     )
     return DinoDiscriminator(ViTModel(config, add_pooling_layer=False), input_size=16)

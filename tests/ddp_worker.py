@@ -19,10 +19,25 @@ from rae_hf.trainers.rae import RAETrainer, RAETrainingArguments
 
 def main(out_dir: str) -> None:
     args = RAETrainingArguments(
-        output_dir=out_dir, per_device_train_batch_size=2, max_steps=4, learning_rate=1e-3, warmup_steps=0,
-        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
-        gan_schedule_unit="step", lpips_start=0, disc_upd_start=0, disc_start=1, disc_learning_rate=1e-3,
-        ema_decay=0.9, ddp_backend="gloo", disable_tqdm=True,
+        output_dir=out_dir,
+        per_device_train_batch_size=2,
+        max_steps=4,
+        learning_rate=1e-3,
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        gan_schedule_unit="step",
+        lpips_start=0,
+        disc_upd_start=0,
+        disc_start=1,
+        disc_learning_rate=1e-3,
+        ema_decay=0.9,
+        ddp_backend="gloo",
+        disable_tqdm=True,
     )
     trainer = RAETrainer(
         model=tiny_rae(),

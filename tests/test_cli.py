@@ -53,5 +53,6 @@ def test_yaml_is_not_executed(tmp_path):
 
 def test_save_run_config(tmp_path):
     path = save_run_config(str(tmp_path), Options(name="saved"))
-    assert json.loads(open(path).read()) == {"Options": {"name": "saved", "rate": 0.1, "sizes": [1, 2],
-                                                         "flag": False, "optional": None}}
+    assert json.loads(open(path).read()) == {
+        "Options": {"name": "saved", "rate": 0.1, "sizes": [1, 2], "flag": False, "optional": None}
+    }

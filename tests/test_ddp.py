@@ -19,8 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
+        str(ROOT / "tests" / "ddp_worker.py"),
+        str(tmp_path),
     ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

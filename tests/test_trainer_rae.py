@@ -19,10 +19,24 @@ from rae_hf.trainers.rae import RAETrainer, RAETrainingArguments
 
 def make_args(output_dir, **overrides) -> RAETrainingArguments:
     values = dict(
-        output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-3,
-        warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0,
-        dataloader_num_workers=0, gan_schedule_unit="step", lpips_start=0, disc_upd_start=1, disc_start=2,
-        disc_learning_rate=1e-3, ema_decay=0.9, disable_tqdm=True,
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-3,
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        gan_schedule_unit="step",
+        lpips_start=0,
+        disc_upd_start=1,
+        disc_start=2,
+        disc_learning_rate=1e-3,
+        ema_decay=0.9,
+        disable_tqdm=True,
     )
     values.update(overrides)
     return RAETrainingArguments(**values)
@@ -77,8 +91,14 @@ def test_schedule_gates_discriminator_updates_and_gan_term(tmp_path):
 def test_epoch_schedule_converts_to_steps(tmp_path):
     """8 images, batch 4 -> 2 steps per epoch; 1.5 epochs -> step 3."""
     args = make_args(
-        tmp_path, max_steps=-1, num_train_epochs=1, gan_schedule_unit="epoch", disc_start=1.5,
-        disc_upd_start=1, lpips_start=0.5, perceptual_weight=0,
+        tmp_path,
+        max_steps=-1,
+        num_train_epochs=1,
+        gan_schedule_unit="epoch",
+        disc_start=1.5,
+        disc_upd_start=1,
+        lpips_start=0.5,
+        perceptual_weight=0,
     )
     trainer = make_trainer(args)
     trainer.train()
@@ -92,8 +112,19 @@ def test_adaptive_weight_and_losses_logged(tmp_path):
     trainer = make_trainer(make_args(tmp_path, max_steps=4))
     trainer.train()
     last = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
-    for key in ("loss_l1", "loss_lpips", "loss_gan", "d_weight", "loss_disc", "logits_real", "logits_fake",
-                "learning_rate", "disc_learning_rate", "images_per_second", "skipped_images_total"):
+    for key in (
+        "loss_l1",
+        "loss_lpips",
+        "loss_gan",
+        "d_weight",
+        "loss_disc",
+        "logits_real",
+        "logits_fake",
+        "learning_rate",
+        "disc_learning_rate",
+        "images_per_second",
+        "skipped_images_total",
+    ):
         assert key in last, key
     assert 0 < last["d_weight"] <= 1e4
     rows = (tmp_path / "logs.csv").read_text().splitlines()
@@ -103,7 +134,12 @@ def test_adaptive_weight_and_losses_logged(tmp_path):
 def test_overfit_few_images_halves_l1(tmp_path):
     """L1 reconstruction on 4 images falls by at least half."""
     args = make_args(
-        tmp_path, max_steps=80, learning_rate=3e-3, disc_weight=0.0, perceptual_weight=0.0, ema_decay=0.0,
+        tmp_path,
+        max_steps=80,
+        learning_rate=3e-3,
+        disc_weight=0.0,
+        perceptual_weight=0.0,
+        ema_decay=0.0,
         per_device_train_batch_size=4,
     )
     model = tiny_rae(noise_tau=0.0)
@@ -138,8 +174,16 @@ def test_checkpoint_contents_and_exact_resume(tmp_path):
     full.train()
     checkpoint = tmp_path / "full" / "checkpoint-3"
     files = set(os.listdir(checkpoint))
-    assert {"model.safetensors", "ema.safetensors", "discriminator.safetensors", "discriminator_state.pt",
-            "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= files
+    assert {
+        "model.safetensors",
+        "ema.safetensors",
+        "discriminator.safetensors",
+        "discriminator_state.pt",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+    } <= files
     saved = safetensors.torch.load_file(checkpoint / "model.safetensors")
     assert saved and not any(k.startswith("encoder.") for k in saved)  # the frozen encoder is not stored again
 
@@ -179,8 +223,9 @@ def test_gradient_accumulation_matches_bigger_batch(tmp_path):
     )
     big.train()
     small.train()
-    for (name, a), b in zip(big.model.decoder.state_dict().items(), small.model.decoder.state_dict().values(),
-                            strict=True):
+    for (name, a), b in zip(
+        big.model.decoder.state_dict().items(), small.model.decoder.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 

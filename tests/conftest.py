@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -15,6 +19,55 @@ from transformers import Dinov2WithRegistersConfig, ViTConfig, ViTModel
 
 from rae_hf.models.rae import RAEConfig, RAEModel
 from rae_hf.models.rae.discriminator import DinoDiscriminator
+from rae_hf.trainers.rae import RAETrainingArguments
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_args(output_dir, **overrides) -> RAETrainingArguments:
+    """Tiny CPU training arguments: step-based GAN schedule that reaches every phase within a few steps."""
+    values = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-3,
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        gan_schedule_unit="step",
+        lpips_start=0,
+        disc_upd_start=1,
+        disc_start=2,
+        disc_learning_rate=1e-3,
+        ema_decay=0.9,
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return RAETrainingArguments(**values)
+
+
+def launch_two_cpu_processes(script: str, *script_args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`accelerate launch` with accelerate_configs/cpu_ddp.yaml (2 gloo processes) on a free port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
+        "--main_process_port",
+        str(port),
+        str(ROOT / "tests" / script),
+        *script_args,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def tiny_rae_config(**overrides) -> RAEConfig:

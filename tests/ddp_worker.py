@@ -10,35 +10,15 @@ import safetensors.torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from conftest import SyntheticImages, tiny_discriminator, tiny_rae
+from conftest import SyntheticImages, make_args, tiny_discriminator, tiny_rae
 
 from rae_hf.data import ImageCollator
 from rae_hf.losses import LPIPSLoss
-from rae_hf.trainers.rae import RAETrainer, RAETrainingArguments
+from rae_hf.trainers.rae import RAETrainer
 
 
 def main(out_dir: str) -> None:
-    args = RAETrainingArguments(
-        output_dir=out_dir,
-        per_device_train_batch_size=2,
-        max_steps=4,
-        learning_rate=1e-3,
-        warmup_steps=0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        dataloader_num_workers=0,
-        gan_schedule_unit="step",
-        lpips_start=0,
-        disc_upd_start=0,
-        disc_start=1,
-        disc_learning_rate=1e-3,
-        ema_decay=0.9,
-        ddp_backend="gloo",
-        disable_tqdm=True,
-    )
+    args = make_args(out_dir, per_device_train_batch_size=2, disc_upd_start=0, disc_start=1, ddp_backend="gloo")
     trainer = RAETrainer(
         model=tiny_rae(),
         args=args,

@@ -8,9 +8,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import itertools
 import json
-import socket
-import subprocess
-import sys
 import urllib.error
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
-from conftest import SyntheticImages
+from conftest import SyntheticImages, launch_two_cpu_processes
 from fid_ddp_worker import NUM_IMAGES, evaluate_shard, tiny_feature
 from PIL import Image
 from torch import nn
@@ -316,27 +313,9 @@ def test_shard_for_process_splits_without_padding():
         shard_for_process(torch_data, 2, 2)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_with_uneven_shards_match_one_process(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
-        "--main_process_port",
-        str(free_port()),
-        str(ROOT / "tests" / "fid_ddp_worker.py"),
-        str(tmp_path),
-    ]
-    launched = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    launched = launch_two_cpu_processes("fid_ddp_worker.py", str(tmp_path), timeout=300)
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
     single = evaluate_shard(None, tmp_path / "single")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -7,39 +7,14 @@ import os
 import pytest
 import safetensors.torch
 import torch
-from conftest import SyntheticImages, tiny_discriminator, tiny_rae
+from conftest import SyntheticImages, make_args, tiny_discriminator, tiny_rae
 from transformers import TrainerCallback
 
 from rae_hf.data import ImageCollator
 from rae_hf.losses import LPIPSLoss
 from rae_hf.models.rae import RAEModel
 from rae_hf.trainers.base import NonFiniteLossError
-from rae_hf.trainers.rae import RAETrainer, RAETrainingArguments
-
-
-def make_args(output_dir, **overrides) -> RAETrainingArguments:
-    values = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=4,
-        max_steps=4,
-        learning_rate=1e-3,
-        warmup_steps=0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        dataloader_num_workers=0,
-        gan_schedule_unit="step",
-        lpips_start=0,
-        disc_upd_start=1,
-        disc_start=2,
-        disc_learning_rate=1e-3,
-        ema_decay=0.9,
-        disable_tqdm=True,
-    )
-    values.update(overrides)
-    return RAETrainingArguments(**values)
+from rae_hf.trainers.rae import RAETrainer
 
 
 def make_trainer(args, dataset=None, model=None) -> RAETrainer:

@@ -27,6 +27,7 @@ class EMACallback(TrainerCallback):
         self.decay = decay
         self.apply_at_train_end = apply_at_train_end
         self.shadow: dict[str, torch.Tensor] | None = None
+        self._pairs: tuple[list[torch.Tensor], list[nn.Parameter]] = ([], [])
 
     @staticmethod
     def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -44,13 +45,13 @@ class EMACallback(TrainerCallback):
         return params
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs):
-        self._ensure_initialized(model)
+        params = self._ensure_initialized(model)
+        self._pairs = (list(self.shadow.values()), [params[name] for name in self.shadow])  # resolved once per run
 
     @torch.no_grad()
     def on_step_end(self, args, state, control, model: nn.Module | None = None, **kwargs):
-        params = self._ensure_initialized(model)
-        shadow = list(self.shadow.values())
-        torch._foreach_lerp_(shadow, [params[name].float() for name in self.shadow], 1.0 - self.decay)
+        shadow, params = self._pairs
+        torch._foreach_lerp_(shadow, [p.float() for p in params], 1.0 - self.decay)
 
     def on_train_end(self, args, state, control, model: nn.Module | None = None, **kwargs):
         if self.apply_at_train_end:

@@ -20,7 +20,16 @@ INSTALL_REQUIRES = [
     "tqdm",
     "tensorboard",
 ]
-EXTRAS = {"dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6"]}
+EXTRAS = {"dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "build"]}
+# Every script is also a console command of the installed package (no clone needed).
+CONSOLE_SCRIPTS = [
+    "rae-hf-rae = rae_hf.scripts.run_rae:main",
+    "rae-hf-probe = rae_hf.scripts.run_probe:main",
+    "rae-hf-jit = rae_hf.scripts.run_jit:main",
+    "rae-hf-dino-pretrain = rae_hf.scripts.run_dino_pretrain:main",
+    "rae-hf-prune = rae_hf.scripts.run_prune:main",
+    "rae-hf-convert = rae_hf.convert.__main__:main",
+]
 
 setup(
     name="rae_hf",
@@ -32,4 +41,5 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

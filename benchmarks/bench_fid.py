@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Throughput and memory of FID Inception feature extraction and of the full rFID loop (`RFIDEvaluator`).
+"""Throughput and memory of FID Inception feature extraction, of the full rFID loop (`RFIDEvaluator`) and of the
+generation evaluation loop (`evaluate_generation`: FID + Inception Score, sampler cost excluded).
 
 The RAE is built from its config with random weights (nothing is downloaded): DINOv2-B with registers (256 px
 images, encoder at 224, decoder patch 16) or a tiny DINOv2 (64 px) for smoke runs, with a ViT decoder preset.
@@ -12,10 +13,13 @@ with `--random_inception`, random weights of the same architecture (same cost; t
         --random_inception --header
 
 Prints one Markdown table row (`--header` adds the header):
-    | device | encoder | decoder | image | batch | precision | Inception images/s | rFID images/s | FD s | peak memory |
+    | device | encoder | decoder | image | batch | precision | Inception images/s | rFID images/s |
+      FID+IS eval images/s | FD s | peak memory |
 "Inception images/s": features of [0, 1] images already on the device. "rFID images/s": `RFIDEvaluator.evaluate`
 end to end (host batches -> device, reconstruction, Inception on originals and reconstructions, PSNR, SSIM, the
-final Fréchet distance), `--num_images` over its wall time. "FD s": one Fréchet distance of 2048-d statistics
+final Fréchet distance), `--num_images` over its wall time. "FID+IS eval images/s": `evaluate_generation` over the
+same images handed over by a sampler that does no work (one Inception pass per batch for both FID features and IS
+logits, the final FD and IS). "FD s": one Fréchet distance of 2048-d statistics
 (included once in the rFID time). Peak memory is `torch.cuda.max_memory_allocated` on CUDA and the process's peak
 resident set size on CPU.
 """
@@ -34,6 +38,7 @@ import transformers
 from common import emit, peak_memory_gib
 from transformers import Dinov2WithRegistersConfig
 
+from rae_hf.evaluation import evaluate_generation
 from rae_hf.metrics import (
     INCEPTION_FEATURE_DIM,
     InceptionFeatureExtractor,
@@ -135,6 +140,28 @@ def time_frechet_distance(device: torch.device, seed: int) -> float:
     return time.perf_counter() - start
 
 
+def time_generation_evaluation(
+    extractor: InceptionFeatureExtractor, batches: list[torch.Tensor], device: torch.device
+) -> float:
+    """Seconds for `evaluate_generation` (FID against fixed statistics + Inception Score, one Inception pass per batch)
+    of `batches` from a "sampler" that only hands them over: the evaluation's own cost."""
+    queue = list(batches)
+    reference = (torch.zeros(INCEPTION_FEATURE_DIM, dtype=torch.float64), torch.eye(INCEPTION_FEATURE_DIM))
+
+    def hand_over(count: int, labels: torch.Tensor | None) -> torch.Tensor:
+        return queue.pop(0).to(device)
+
+    total = sum(batch.shape[0] for batch in batches)
+    synchronize(device)
+    start = time.perf_counter()
+    evaluate_generation(
+        hand_over, total, batches[0].shape[0], reference=reference, feature=extractor,
+        inception_score_splits=min(10, total),
+    )  # fmt: skip
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def run(args: argparse.Namespace) -> dict:
     transformers.set_seed(args.seed)
     device = torch.device(args.device)
@@ -175,6 +202,8 @@ def run(args: argparse.Namespace) -> dict:
     if result["num_samples"] != args.num_images:
         raise RuntimeError(f"Evaluated {result['num_samples']} images, expected {args.num_images}.")
 
+    generation_seconds = time_generation_evaluation(extractor, host_batches, device)
+
     return {
         "device": device_name(device),
         "encoder": args.encoder,
@@ -185,6 +214,7 @@ def run(args: argparse.Namespace) -> dict:
         "precision": "bf16" if args.bf16 else "fp32",
         "inception_images_per_second": args.num_images / feature_seconds,
         "rfid_images_per_second": args.num_images / rfid_seconds,
+        "generation_eval_images_per_second": args.num_images / generation_seconds,
         "frechet_distance_seconds": time_frechet_distance(device, args.seed),
         "peak_memory_gib": peak_memory_gib(device),
         "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
@@ -195,8 +225,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 HEADER = (
-    "| device | encoder | decoder | image | batch | precision | Inception images/s | rFID images/s | FD s | "
-    "peak memory |\n|---|---|---|---|---|---|---|---|---|---|"
+    "| device | encoder | decoder | image | batch | precision | Inception images/s | rFID images/s | "
+    "FID+IS eval images/s | FD s | peak memory |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -205,7 +235,8 @@ def markdown_row(result: dict) -> str:
     return (
         f"| {result['device']} | {result['encoder']} | {result['decoder']} | {image} | {result['batch']} | "
         f"{result['precision']} | {result['inception_images_per_second']:.2f} | "
-        f"{result['rfid_images_per_second']:.2f} | {result['frechet_distance_seconds']:.2f} | "
+        f"{result['rfid_images_per_second']:.2f} | {result['generation_eval_images_per_second']:.2f} | "
+        f"{result['frechet_distance_seconds']:.2f} | "
         f"{result['peak_memory_gib']:.2f} GiB |"
     )
 

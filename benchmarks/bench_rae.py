@@ -5,7 +5,14 @@ Every model is built from its config with random weights (nothing is downloaded)
 registers, SigLIP2-B, MAE-B, or a tiny DINOv2 for smoke runs), the ViT decoder, optionally the discriminator (a
 ViT-S/8-shaped frozen backbone + trainable heads, with the adaptive GAN weight) and LPIPS (random VGG16). A step is
 exactly what training does: encoder forward, latent noise, decoder forward/backward, losses, AdamW step, EMA update,
-and with `--gan` a discriminator update. Images/s is measured after `--warmup` steps, over `--steps` steps.
+and with `--gan` a discriminator update (on a fresh eval-mode reconstruction by the updated decoder, as the official
+code). Images/s is measured after `--warmup` steps, over `--steps` steps.
+
+`--loop official` times instead a plain PyTorch loop that follows the official stage-1 script step for step (written
+from its description, same models): the discriminator heads keep `requires_grad` in the generator step, the
+discriminator step re-runs the whole model (encoder included) in eval mode, and the EMA walks every parameter of the
+model. Compare the two with separate invocations on the same machine (one process per loop). The JSON
+(`--json_out`) also has `process_cpu_seconds_per_step`, less sensitive than wall time to other load on a shared CPU.
 
     python benchmarks/bench_rae.py --encoder dinov2-b --decoder ViT-XL --batch_size 64 --bf16 --gan --lpips --header
     python benchmarks/bench_rae.py --encoder tiny --decoder custom-small --batch_size 4 --steps 3 --device cpu
@@ -22,6 +29,7 @@ all processes (batch is per process) and memory is that of process 0.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import statistics
@@ -32,6 +40,7 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is built from a config
 
 import torch
+import torch.nn.functional as F
 import transformers
 from common import emit, peak_memory_gib
 from transformers import (
@@ -45,10 +54,11 @@ from transformers import (
 )
 
 from rae_hf.data import ImageCollator
-from rae_hf.losses import LPIPSLoss
+from rae_hf.losses import LPIPSLoss, adaptive_gan_weight
 from rae_hf.models.rae import DECODER_PRESETS, RAEConfig, RAEModel
 from rae_hf.models.rae.discriminator import DinoDiscriminator
-from rae_hf.trainers.rae import RAETrainer, RAETrainingArguments
+from rae_hf.trainers.rae_config import RAETrainingArguments
+from rae_hf.trainers.rae_trainer import RAETrainer
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -114,6 +124,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gradient_checkpointing", action="store_true", help="Recompute decoder activations.")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--loop",
+        choices=("ours", "official"),
+        default="ours",
+        help="RAETrainer ('ours') or a re-implementation of the official training loop.",
+    )
     parser.add_argument("--json_out", default=None, help="Also write the result (and settings) as JSON here.")
     parser.add_argument("--header", action="store_true", help="Print the Markdown table header first.")
     args = parser.parse_args(argv)
@@ -204,11 +220,13 @@ class StepTimer(TrainerCallback):
     def __init__(self, cuda: bool):
         self.cuda = cuda
         self.marks: dict[int, float] = {}
+        self.cpu_marks: dict[int, float] = {}
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.cuda:
             torch.cuda.synchronize()
         self.marks[state.global_step] = time.perf_counter()
+        self.cpu_marks[state.global_step] = time.process_time()
 
 
 def device_name(cuda: bool) -> str:
@@ -270,6 +288,7 @@ def run(args: argparse.Namespace) -> dict:
         raise RuntimeError(f"Expected {total_steps} optimizer steps, timed {sorted(marks)}.")
     durations = [marks[s] - marks[s - 1] for s in range(args.warmup + 1, total_steps + 1)]
     seconds_per_step = (marks[total_steps] - marks[args.warmup]) / args.steps
+    cpu_seconds_per_step = (timer.cpu_marks[total_steps] - timer.cpu_marks[args.warmup]) / args.steps
     world = trainer.accelerator.num_processes
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     precision = ("bf16" if args.bf16 else "fp32") + ("+compile" if args.compile else "")
@@ -286,6 +305,7 @@ def run(args: argparse.Namespace) -> dict:
         "seconds_per_step": seconds_per_step,
         "seconds_per_step_median": statistics.median(durations),
         "seconds_per_step_max": max(durations),
+        "process_cpu_seconds_per_step": cpu_seconds_per_step,
         "peak_memory_gib": peak_memory_gib(torch.device("cuda" if cuda else "cpu")),
         "peak_memory_kind": "cuda max_memory_allocated" if cuda else "process peak RSS",
         "image_size": model.config.image_size,
@@ -295,6 +315,101 @@ def run(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "is_main_process": trainer.is_world_process_zero(),
+    }
+
+
+def _hinge(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def run_official(args: argparse.Namespace) -> dict:
+    """Time the official stage-1 step (see the module docstring) on the same models, settings and data."""
+    transformers.set_seed(args.seed)
+    cuda = args.device == "cuda"
+    device = torch.device(args.device)
+    model = build_model(args).to(device).train()
+    discriminator = build_discriminator(args).to(device)
+    perceptual = LPIPSLoss(pretrained_backbone=False).to(device) if args.lpips else None
+    ema = copy.deepcopy(model).requires_grad_(False)
+    fused = {"fused": True} if cuda else {"foreach": True}
+    optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0, **fused)
+    disc_params = [p for p in discriminator.parameters() if p.requires_grad]
+    disc_optimizer = torch.optim.AdamW(disc_params, lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0, **fused)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    disc_scheduler = torch.optim.lr_scheduler.LambdaLR(disc_optimizer, lambda s: 1.0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    size = model.config.image_size
+    data = SyntheticImages(args.batch_size * (args.warmup + args.steps), size, seed=args.seed)
+    ema_pairs = list(zip(ema.parameters(), model.parameters(), strict=True))
+
+    def step(images: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        discriminator.eval()
+        with autocast:
+            recon = model(images).reconstruction
+            rec_loss = (recon - images).abs().mean()
+            if perceptual is not None:
+                rec_loss = rec_loss + perceptual(recon.float(), images)
+            loss = rec_loss
+            if args.gan:
+                gan_loss = -discriminator(recon.float()).mean()
+        if args.gan:
+            weight = adaptive_gan_weight(rec_loss, gan_loss, model.decoder_last_layer_weight())
+            loss = rec_loss + 0.75 * weight * gan_loss
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            for shadow, param in ema_pairs:
+                shadow.mul_(0.9978).add_(param, alpha=1 - 0.9978)
+        if args.gan:
+            model.eval()
+            discriminator.train()
+            disc_optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                with torch.no_grad():
+                    fresh = model(images).reconstruction
+                fake = torch.round(fresh.clamp(0.0, 1.0) * 255.0) / 255.0
+                logits_fake = discriminator(fake)
+                d_loss = _hinge(discriminator(images), logits_fake)
+            d_loss.backward()
+            disc_optimizer.step()
+            disc_scheduler.step()
+            discriminator.eval()
+            model.train()
+
+    marks, cpu_marks = [], []
+    for index in range(args.warmup + args.steps):
+        batch = data.images[torch.arange(index * args.batch_size, (index + 1) * args.batch_size) % len(data.images)]
+        step(batch.to(device))
+        if cuda:
+            torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+        cpu_marks.append(time.process_time())
+    durations = [b - a for a, b in zip(marks[args.warmup - 1 : -1], marks[args.warmup :], strict=True)]
+    seconds_per_step = (marks[-1] - marks[args.warmup - 1]) / args.steps
+    losses = "L1" + ("+LPIPS" if args.lpips else "") + ("+GAN" if args.gan else "")
+    return {
+        "device": device_name(cuda),
+        "encoder": args.encoder,
+        "decoder": decoder_label(args),
+        "losses": losses + (" (official loop)" if args.gan else " (plain loop)"),
+        "batch": args.batch_size,
+        "processes": 1,
+        "precision": "bf16" if args.bf16 else "fp32",
+        "images_per_second": args.batch_size / seconds_per_step,
+        "seconds_per_step": seconds_per_step,
+        "seconds_per_step_median": statistics.median(durations),
+        "seconds_per_step_max": max(durations),
+        "process_cpu_seconds_per_step": (cpu_marks[-1] - cpu_marks[args.warmup - 1]) / args.steps,
+        "peak_memory_gib": peak_memory_gib(device),
+        "peak_memory_kind": "cuda max_memory_allocated" if cuda else "process peak RSS",
+        "image_size": size,
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "is_main_process": True,
     }
 
 
@@ -318,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     transformers.logging.set_verbosity_error()
     logging.getLogger("rae_hf").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-    result = run(args)
+    result = run(args) if args.loop == "ours" else run_official(args)
     if not result.pop("is_main_process"):
         return
     emit(markdown_row(result), HEADER if args.header else None, result, vars(args), args.json_out)

@@ -4,4 +4,16 @@ from .models import RAEConfig, RAEModel
 
 __version__ = "0.1.0"
 
-__all__ = ["RAEConfig", "RAEModel", "__version__"]
+_LAZY = {"JiTConfig": "rae_hf.models.jit", "JiTModel": "rae_hf.models.jit", "JiTPipeline": "rae_hf.pipelines"}
+
+
+def __getattr__(name: str):
+    """Heavy exports (diffusers pipelines) are imported on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rae_hf' has no attribute {name!r}")
+
+
+__all__ = ["JiTConfig", "JiTModel", "JiTPipeline", "RAEConfig", "RAEModel", "__version__"]

@@ -8,51 +8,74 @@ import json
 import logging
 import os
 import sys
+import typing
 from collections.abc import Sequence
 
 import datasets
 import transformers
 import yaml
 from transformers import HfArgumentParser
-from transformers.trainer_utils import get_last_checkpoint
+
+from .trainers.checkpoints import last_complete_checkpoint
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-def _config_to_argv(config: dict) -> list[str]:
-    """Turn `{key: value}` from a recipe file into `--key value` tokens that HfArgumentParser understands."""
-    argv: list[str] = []
+def read_recipe(path: str) -> dict:
+    """A recipe file as a mapping (YAML read with `yaml.safe_load`: nothing in it is executed)."""
+    with open(path) as f:
+        config = yaml.safe_load(f) if path.endswith((".yaml", ".yml")) else json.load(f)
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values.")
+    return config
+
+
+def _accepts_list(annotation) -> bool:
+    """Whether a dataclass field's type allows a list (`list[int]`, `str | list[str] | None`...)."""
+    if typing.get_origin(annotation) is list or annotation is list:
+        return True
+    return any(_accepts_list(arg) for arg in typing.get_args(annotation))
+
+
+def _field_types(dataclass_types: Sequence[type]) -> dict[str, object]:
+    types: dict[str, object] = {}
+    for cls in dataclass_types:
+        hints = typing.get_type_hints(cls)
+        types.update({f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls)})
+    return types
+
+
+def _apply_recipe(parser: HfArgumentParser, dataclass_types: Sequence[type], config: dict, path: str) -> None:
+    """Make the recipe's values the parser's defaults (values are kept as they are: null and [] included)."""
+    actions = {action.dest: action for action in parser._actions}
+    types = _field_types(dataclass_types)
+    unknown = sorted(set(config) - set(actions))
+    if unknown:
+        raise ValueError(f"{path} sets unknown arguments {unknown}; run the script with --help for the list.")
     for key, value in config.items():
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        elif isinstance(value, (list, tuple)):
-            argv += [f"--{key}", *(str(v) for v in value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
+        action = actions[key]
+        takes_list = _accepts_list(types.get(key))
+        if isinstance(value, list) and not takes_list:
+            raise ValueError(f"{path}: {key} takes one value, got the list {value}.")
+        if isinstance(value, list) and action.type is not None:
+            config[key] = [action.type(v) if isinstance(v, str) else v for v in value]
+        action.required = False
+    parser.set_defaults(**config)
 
 
 def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
     """Parse `[config.yaml|config.json] [--overrides ...]` into the given dataclasses.
 
-    Values of the file come first and command-line flags after them, so a flag overrides the file. Nothing in the
-    file is executed: YAML is read with `yaml.safe_load`.
+    The file's values become the parser's defaults (so `null` and empty lists survive) and command-line flags
+    override them; an unknown key, or a list for a one-value argument, is an error naming it.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(dataclass_types)
     if argv and argv[0].endswith(CONFIG_SUFFIXES):
         path = argv.pop(0)
-        with open(path) as f:
-            config = yaml.safe_load(f) if path.endswith((".yaml", ".yml")) else json.load(f)
-        if not isinstance(config, dict):
-            raise ValueError(f"{path} must hold a mapping of argument names to values.")
-        known = {f.name for cls in dataclass_types for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"{path} sets unknown arguments {unknown}; run the script with --help for the list.")
-        argv = _config_to_argv(config) + argv
-    parser = HfArgumentParser(dataclass_types)
+        _apply_recipe(parser, dataclass_types, read_recipe(path), path)
     return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
 
 
@@ -87,12 +110,12 @@ def save_run_config(output_dir: str, *arguments) -> str:
 
 
 def resolve_resume_checkpoint(training_args) -> str | None:
-    """`--resume_from_checkpoint last` -> the newest `checkpoint-*` of `output_dir` (a clear error when none)."""
+    """`--resume_from_checkpoint last` -> the newest complete `checkpoint-*` of `output_dir` (error when none)."""
     resume = training_args.resume_from_checkpoint
     if resume == "last":
-        resume = get_last_checkpoint(training_args.output_dir)
+        resume = last_complete_checkpoint(training_args.output_dir)
         if resume is None:
             raise FileNotFoundError(
-                f"--resume_from_checkpoint last: no checkpoint-* folder in {training_args.output_dir}"
+                f"--resume_from_checkpoint last: no checkpoint (complete checkpoint-*) in {training_args.output_dir}"
             )
     return resume

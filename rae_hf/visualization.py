@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torchvision.utils import make_grid, save_image
 
+from .data.transforms import resize_images
+
 
 def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, columns: int = 8) -> torch.Tensor:
-    """`[3, H', W']` grid in [0, 1]: rows alternate originals and their reconstructions, `columns` images wide."""
-    if originals.shape[-2:] != reconstructions.shape[-2:]:
-        originals = torch.nn.functional.interpolate(
-            originals, size=reconstructions.shape[-2:], mode="bicubic", align_corners=False
-        )
+    """`[3, H', W']` grid in [0, 1]: rows alternate originals (resized to the reconstructions' size by
+    `resize_images`) and their reconstructions, `columns` images wide."""
+    originals = resize_images(originals.float(), reconstructions.shape[-2:])
     rows = []
     for start in range(0, originals.shape[0], columns):
         rows += [originals[start : start + columns], reconstructions[start : start + columns]]

@@ -19,7 +19,7 @@ from transformers import Dinov2WithRegistersConfig, ViTConfig, ViTModel
 
 from rae_hf.models.rae import RAEConfig, RAEModel
 from rae_hf.models.rae.discriminator import DinoDiscriminator
-from rae_hf.trainers.rae import RAETrainingArguments
+from rae_hf.trainers.rae_config import RAETrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 

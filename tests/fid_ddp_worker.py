@@ -1,7 +1,12 @@
-"""Run by `accelerate launch` with 2 CPU processes: rFID / PSNR / SSIM of a tiny RAE over 11 images sharded 6 / 5
-(no padding); each rank writes `<out_dir>/rank<r>.json` and its reconstructions under `<out_dir>/recon`.
+"""Run by `accelerate launch` with 2 CPU processes.
 
-`evaluate_shard(None, ...)` is the same computation in one process (the test's reference)."""
+- `fid_ddp_worker.py OUT`: rFID / PSNR / SSIM of a tiny RAE over 11 images sharded 6 / 5 (no padding); each rank
+  writes `OUT/rank<r>.json` and its reconstructions under `OUT/recon`.
+- `fid_ddp_worker.py OUT generation`: FID / IS of 11 class-conditional samples (6 / 5 per rank) from a seeded sampler;
+  each rank writes `OUT/generation_rank<r>.json` and its samples under `OUT/samples`.
+
+`evaluate_shard(None, ...)` / `evaluate_generation_shard(None, ...)` are the same computations in one process (the
+tests' references)."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from conftest import SyntheticImages, tiny_rae
 
+from rae_hf.evaluation import evaluate_generation
 from rae_hf.metrics import FIDMetric, RFIDEvaluator, shard_for_process
 
 NUM_IMAGES = 11  # 2 processes: 6 and 5 images
@@ -35,6 +41,52 @@ def tiny_feature(seed: int = 0) -> nn.Module:
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
     ).eval()
+
+
+class TinyInception(nn.Module):
+    """Stand-in with the `InceptionFeatureExtractor` interface: 6-d pool features and 5-way logits of an image."""
+
+    num_features = 6
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pool = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(6, 5, bias=False)
+
+    def pool_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pool = self.pool(images.float()) * 3
+        return pool, self.fc(pool) * 4
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool_and_logits(images)[0]
+
+
+def seeded_sampler(count: int, labels: torch.Tensor) -> torch.Tensor:
+    """Images that depend only on their labels and the batch's first label (so any sharding gives the same set)."""
+    generator = torch.Generator().manual_seed(int(labels[0]) * 1000 + count)
+    images = torch.rand(count, 3, 16, 16, generator=generator)
+    images[:, 0] = labels.view(-1, 1, 1).float() / 3
+    return images
+
+
+def evaluate_generation_shard(accelerator: Accelerator | None, save_dir: Path) -> dict:
+    """FID against fixed statistics and IS of 11 samples of 3 classes, 1 sample per batch."""
+    feature = TinyInception()
+    with torch.no_grad():
+        real = feature(torch.rand(20, 3, 16, 16, generator=torch.Generator().manual_seed(5))).double()
+    reference = (real.mean(dim=0), torch.cov(real.T))  # by hand: a FIDMetric would sum the ranks' copies
+    return evaluate_generation(
+        seeded_sampler,
+        NUM_IMAGES,
+        1,
+        accelerator,
+        reference=reference,
+        num_classes=3,
+        feature=feature,
+        save_dir=save_dir,
+        inception_score_splits=2,
+    )
 
 
 def evaluate_shard(accelerator: Accelerator | None, save_dir: Path) -> dict:
@@ -58,8 +110,13 @@ def evaluate_shard(accelerator: Accelerator | None, save_dir: Path) -> dict:
     return {**result, "rfid_reference": with_reference["rfid"], "local_images": len(shard)}
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, mode: str = "reconstruction") -> None:
     accelerator = Accelerator(cpu=True)
+    if mode == "generation":
+        result = evaluate_generation_shard(accelerator, Path(out_dir) / "samples")
+        with open(os.path.join(out_dir, f"generation_rank{accelerator.process_index}.json"), "w") as file:
+            json.dump(result, file)
+        return
     result = evaluate_shard(accelerator, Path(out_dir) / "recon")
     result["world_size"] = accelerator.num_processes
     with open(os.path.join(out_dir, f"rank{accelerator.process_index}.json"), "w") as file:
@@ -67,4 +124,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

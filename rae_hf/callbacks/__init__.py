@@ -2,7 +2,14 @@
 
 from .csv_logger import CSVLoggerCallback
 from .ema import EMACallback
+from .image_evaluation import ImageEvaluationCallback, RFIDCallback, report_image
 from .profiler import TorchProfilerCallback
-from .rfid import RFIDCallback, report_image
 
-__all__ = ["CSVLoggerCallback", "EMACallback", "RFIDCallback", "TorchProfilerCallback", "report_image"]
+__all__ = [
+    "CSVLoggerCallback",
+    "EMACallback",
+    "ImageEvaluationCallback",
+    "RFIDCallback",
+    "TorchProfilerCallback",
+    "report_image",
+]

@@ -1,49 +1,89 @@
-"""Exponential moving average of a model's trainable weights, as a `TrainerCallback` shared by every trainer."""
+"""Exponential moving averages of weights as a `TrainerCallback`: the one EMA implementation of every trainer."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
 
+Decay = float | Callable[[int], float]
+
 
 class EMACallback(TrainerCallback):
-    """Keeps `ema = decay * ema + (1 - decay) * weight` for every trainable parameter, after each optimizer step.
+    """Keeps `ema = decay * ema + (1 - decay) * weight` for every trainable parameter after each optimizer step.
 
-    Where the weights live: an fp32 copy on the parameters' device, owned by this callback. The trainer saves and
-    restores it with each checkpoint (`state_dict`/`load_state_dict`, file `ema.safetensors`). With
-    `apply_at_train_end=True` the EMA weights are copied into the model when training ends, so the model that
-    `save_model`/`save_pretrained`/`push_to_hub` publish is the EMA model (the raw weights stay in the checkpoints).
+    - `decay`: a constant in (0, 1), or a callable `step -> decay` (e.g. DINO's cosine 0.992 -> 1), called with the
+      number of optimizer steps done so far.
+    - `name`: the state's name; several EMAs run at once under different names (JiT's 0.9999 and 0.9996), and each
+      is saved in checkpoints as `<name>.safetensors` by `BaseTrainer.add_ema`/`register_state`.
+    - `source`: the module whose weights are averaged (default: the trainer's model).
+    - `target`: a module updated IN PLACE (a DINO teacher: its parameters named like the source's trainable ones);
+      without it the average is an fp32 copy owned by this callback, and `apply_at_train_end=True` copies it into
+      the model when training ends, so `save_model`/`push_to_hub` publish the EMA weights.
     """
 
-    checkpoint_name = "ema"
-
-    def __init__(self, decay: float = 0.9978, apply_at_train_end: bool = True):
-        if not 0.0 < decay < 1.0:
+    def __init__(
+        self,
+        decay: Decay = 0.9999,
+        name: str = "ema",
+        target: nn.Module | None = None,
+        source: nn.Module | None = None,
+        apply_at_train_end: bool = True,
+    ):
+        if not callable(decay) and not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}.")
         self.decay = decay
-        self.apply_at_train_end = apply_at_train_end
+        self.name = name
+        self.target = target
+        self.source = source
+        self.apply_at_train_end = apply_at_train_end and target is None
         self.shadow: dict[str, torch.Tensor] | None = None
-        self._pairs: tuple[list[torch.Tensor], list[nn.Parameter]] = ([], [])
+        self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+
+    # ----- set-up -----------------------------------------------------------------------------------------------
+    def _source(self, model: nn.Module | None) -> nn.Module:
+        source = self.source if self.source is not None else model
+        if source is None:
+            raise ValueError(f"EMA {self.name!r}: no model to average.")
+        return source
 
     @staticmethod
     def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
         return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
-    def _ensure_initialized(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        params = self._trainable(model)
+    def _ensure_initialized(self, model: nn.Module | None) -> dict[str, nn.Parameter]:
+        params = self._trainable(self._source(model))
+        if self.target is not None:
+            target = dict(self.target.named_parameters())
+            missing = sorted(set(params) - set(target))
+            if missing:
+                raise ValueError(f"EMA {self.name!r}: the target lacks parameters {missing[:5]}.")
+            if self.shadow is not None:  # restored from a checkpoint: write it into the target
+                self._load_into_target(target)
+            self.shadow = {name: target[name].data for name in params}
+            return params
         if self.shadow is None:
             self.shadow = {name: p.detach().float().clone() for name, p in params.items()}
         elif self.shadow.keys() != params.keys():
-            raise ValueError("EMA state does not match the model's trainable parameters (different model?).")
+            raise ValueError(f"EMA {self.name!r} state does not match the model's trainable parameters.")
         for name, p in params.items():
             if self.shadow[name].device != p.device:
                 self.shadow[name] = self.shadow[name].to(p.device)
         return params
 
+    @torch.no_grad()
+    def _load_into_target(self, target: dict[str, nn.Parameter]) -> None:
+        for name, value in self.shadow.items():
+            target[name].copy_(value)
+
+    def decay_at(self, step: int) -> float:
+        """The decay used for the update that completes optimizer step `step`."""
+        return float(self.decay(step)) if callable(self.decay) else self.decay
+
+    # ----- training events --------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs):
         params = self._ensure_initialized(model)
         self._pairs = (list(self.shadow.values()), [params[name] for name in self.shadow])  # resolved once per run
@@ -51,12 +91,15 @@ class EMACallback(TrainerCallback):
     @torch.no_grad()
     def on_step_end(self, args, state, control, model: nn.Module | None = None, **kwargs):
         shadow, params = self._pairs
-        torch._foreach_lerp_(shadow, [p.float() for p in params], 1.0 - self.decay)
+        step = state.global_step if state is not None else 0
+        weights = [p.to(s.dtype) for s, p in zip(shadow, params, strict=True)]
+        torch._foreach_lerp_(shadow, weights, 1.0 - self.decay_at(step))
 
     def on_train_end(self, args, state, control, model: nn.Module | None = None, **kwargs):
         if self.apply_at_train_end:
             self.copy_to(model)
 
+    # ----- use of the averaged weights --------------------------------------------------------------------------
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Overwrite the model's trainable weights with the EMA weights."""
@@ -77,10 +120,20 @@ class EMACallback(TrainerCallback):
                 for name, value in backup.items():
                     params[name].copy_(value)
 
+    # ----- checkpoint state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.shadow is None:
-            raise RuntimeError("The EMA has no state before training starts.")
+            raise RuntimeError(f"The EMA {self.name!r} has no state before training starts.")
         return {name: value.detach().cpu().contiguous() for name, value in self.shadow.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.target is not None:
+            target = dict(self.target.named_parameters())
+            unknown = sorted(set(state) - set(target))
+            if unknown:
+                raise ValueError(f"EMA {self.name!r} state has parameters the target lacks: {unknown[:5]}.")
+            self.shadow = dict(state)
+            self._load_into_target(target)
+            self.shadow = {name: target[name].data for name in state}
+            return
         self.shadow = {name: value.float().clone() for name, value in state.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from typing import Any
 
 import datasets
 import torch
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image
 
 from rae_hf.data.images import BadImageError, load_rgb_image
@@ -30,6 +32,8 @@ AnyDataset = datasets.Dataset | datasets.IterableDataset
 AnyDatasetDict = datasets.DatasetDict | datasets.IterableDatasetDict
 
 _SAVED_DATASET_MARKERS = ("dataset_dict.json", "dataset_info.json")
+_IMAGE_EXTENSIONS = frozenset(extension.lower() for extension in ImageFolder.EXTENSIONS)
+_COMMON_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif")
 _NUM_HASH_BUCKETS = 10_000
 _MAX_STREAM_SHARDS = 64
 _WARN_FIRST = 10
@@ -138,6 +142,9 @@ def load_image_splits(args: DataArguments, seed: int = 42) -> AnyDatasetDict:
             seed,
         )
         train, validation = _hold_out(train, args.validation_fraction, args.image_column_name, seed)
+    for name, split in (("train", train), ("validation", validation)):
+        if isinstance(split, datasets.Dataset) and len(split) == 0:
+            raise ValueError(f"The {name} split of {_describe_source(args)} has no examples.")
     train = _take_first(train, args.max_train_samples)
     validation = _take_first(validation, args.max_eval_samples)
     if isinstance(train, datasets.IterableDataset):
@@ -205,8 +212,10 @@ class ImageExampleTransform:
 def _load_raw_splits(args: DataArguments) -> AnyDatasetDict:
     """Load every split of the configured source, streamed or not."""
     if args.train_dir is not None:
+        _check_image_folder(args.train_dir, "--train_dir")
         splits = {args.train_split_name: args.train_dir}
         if args.validation_dir is not None:
+            _check_image_folder(args.validation_dir, "--validation_dir")
             splits[args.validation_split_name] = args.validation_dir
         return datasets.load_dataset(
             "imagefolder", data_files=imagefolder_data_files(splits), cache_dir=args.cache_dir, streaming=args.streaming
@@ -220,6 +229,28 @@ def _load_raw_splits(args: DataArguments) -> AnyDatasetDict:
     )
 
 
+def _describe_source(args: DataArguments) -> str:
+    if args.train_dir is not None:
+        return f"--train_dir {args.train_dir}" + (
+            f" / --validation_dir {args.validation_dir}" if args.validation_dir else ""
+        )
+    return f"--dataset_name {args.dataset_name}"
+
+
+def _check_image_folder(folder: str, argument: str) -> None:
+    """Raise naming ``argument`` and ``folder`` when it is missing or holds no image file (searched recursively, up to
+    the first one), instead of the builder's "corresponds to no data"."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{argument} {folder}: no such folder.")
+    for _, _, files in os.walk(folder):
+        if any(os.path.splitext(name)[1].lower() in _IMAGE_EXTENSIONS for name in files):
+            return
+    raise ValueError(
+        f"{argument} {folder} holds no image file (searched recursively for {', '.join(sorted(_COMMON_EXTENSIONS))}, "
+        "...): point it at a folder of images or of class sub-folders of images."
+    )
+
+
 def imagefolder_data_files(split_dirs: dict[str, str]) -> dict[str, str]:
     """``data_files`` for the ``imagefolder`` builder: every file under each split's folder, recursively."""
     return {split: os.path.join(folder, "**") for split, folder in split_dirs.items()}
@@ -230,8 +261,29 @@ def _is_saved_dataset(path: str) -> bool:
     return any(os.path.isfile(os.path.join(path, marker)) for marker in _SAVED_DATASET_MARKERS)
 
 
+def _empty_saved_splits(path: str) -> list[str]:
+    """Splits (``"."`` for a single Dataset) of a ``save_to_disk`` folder that hold no data file: ``load_from_disk``
+    fails on those with an IndexError."""
+    folders = ["."]
+    if os.path.isfile(os.path.join(path, "dataset_dict.json")):
+        with open(os.path.join(path, "dataset_dict.json")) as file:
+            folders = list(json.load(file).get("splits", []))
+    empty = []
+    for folder in folders:
+        state = os.path.join(path, folder, "state.json")
+        if os.path.isfile(state):
+            with open(state) as file:
+                if not json.load(file).get("_data_files"):
+                    empty.append(folder)
+    return empty
+
+
 def _from_disk(path: str, single_split_name: str, streaming: bool) -> AnyDatasetDict:
     """``load_from_disk``; a single saved Dataset becomes the train split, streaming converts to iterable."""
+    empty = _empty_saved_splits(path)
+    if empty:
+        which = "it" if empty == ["."] else f"its split(s) {empty}"
+        raise ValueError(f"The saved dataset {path} (--dataset_name) is empty: {which} hold(s) no rows.")
     loaded = datasets.load_from_disk(path)
     splits = loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({single_split_name: loaded})
     if not streaming:

@@ -12,7 +12,13 @@ import fsspec
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["BadImageError", "load_rgb_image", "to_rgb"]
+__all__ = ["MAX_ASPECT_RATIO", "BadImageError", "load_rgb_image", "to_rgb"]
+
+# Longer side / shorter side above which an image is refused (counted as bad) before it is decoded: every preset
+# resizes the SHORTER side to the crop size, so the resized image holds `ratio x size^2` pixels (a 1x40000 PNG of
+# 113 bytes would become 384 x 15.4M pixels, ~18 GB). 32 keeps that under 32 crops' worth of pixels and keeps every
+# ordinary photo or panorama (ImageNet's widest are about 1:10; a 360-degree panorama is 1:2).
+MAX_ASPECT_RATIO = 32.0
 
 # Errors Pillow (and its codecs) raise for unreadable, corrupt or truncated files.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
@@ -24,21 +30,28 @@ class BadImageError(ValueError):
     """An image could not be decoded (corrupt, truncated, empty or unsupported)."""
 
 
-def load_rgb_image(value: Any) -> Image.Image:
+def load_rgb_image(value: Any, max_aspect_ratio: float | None = MAX_ASPECT_RATIO) -> Image.Image:
     """Decode a PIL image, a ``{"bytes", "path"}`` dict or a path into a fully loaded 8-bit RGB image.
 
     Files and bytes get their EXIF orientation applied, as ``datasets.Image`` decoding does (an already
     decoded PIL image is taken as is). Raises :class:`BadImageError` naming the file when the data cannot
-    be decoded or the image has zero size.
+    be decoded, the image has zero size, or its sides differ by more than ``max_aspect_ratio`` (checked from the
+    header, before decoding; see :data:`MAX_ASPECT_RATIO`; None: no limit).
     """
     source = _describe(value)
     try:
         image = _open(value)
         opened_here = image is not value
         try:
-            image.load()
             if image.width == 0 or image.height == 0:
                 raise BadImageError(f"Image {source} has zero size {image.size}")
+            ratio = max(image.size) / min(image.size)
+            if max_aspect_ratio is not None and ratio > max_aspect_ratio:
+                raise BadImageError(
+                    f"Image {source} of size {image.size[0]}x{image.size[1]} has an aspect ratio of {ratio:.0f}:1 "
+                    f"(> {max_aspect_ratio:g}); resizing its shorter side would take unbounded memory"
+                )
+            image.load()
             if opened_here:
                 ImageOps.exif_transpose(image, in_place=True)
             return to_rgb(image)

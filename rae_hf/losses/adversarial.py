@@ -7,8 +7,8 @@ __all__ = ["adaptive_gan_weight", "hinge_discriminator_loss", "vanilla_generator
 
 
 def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """Hinge loss for the discriminator: ``mean(relu(1 - real)) + mean(relu(1 + fake))``."""
-    return F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean()
+    """Hinge loss of the discriminator, official RAE scale: ``0.5 * (mean(relu(1 - real)) + mean(relu(1 + fake)))``."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
 def vanilla_generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ import warnings
 import lpips
 import torch
 from torch import nn
+from torch.hub import load_state_dict_from_url
+from torchvision.models import VGG16_Weights
 
 __all__ = ["LPIPSLoss"]
 
@@ -24,12 +26,13 @@ def _build_lpips(random_backbone: bool) -> lpips.LPIPS:
         return lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=random_backbone, verbose=False)
 
 
-def _load_vgg16_features(net: nn.Module, path: str) -> None:
-    """Load the ``features.*`` weights of a torchvision ``vgg16`` state dict into the LPIPS trunk.
+def _load_vgg16_features(net: nn.Module, path: str | dict) -> None:
+    """Load the ``features.*`` weights of a torchvision ``vgg16`` state dict (a file, read weights-only, or the dict)
+    into the LPIPS trunk.
 
     The LPIPS trunk stores ``features[i]`` as ``slice{k}.{i}``, so keys map as ``slice{k}.{i}.p -> features.{i}.p``.
     """
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    source = path if isinstance(path, dict) else torch.load(path, map_location="cpu", weights_only=True)
     mapping = {key: "features." + key.split(".", 1)[1] for key in net.state_dict()}
     missing = sorted(src for src in mapping.values() if src not in source)
     if missing:
@@ -63,14 +66,18 @@ class LPIPSLoss(nn.Module):
             self.lpips = _build_lpips(random_backbone=True)
             _load_vgg16_features(self.lpips.net, backbone_weights)
         else:
-            try:
-                self.lpips = _build_lpips(random_backbone=False)
+            self.lpips = _build_lpips(random_backbone=True)
+            try:  # torchvision would read its (user-fillable) hub cache with weights_only=False
+                vgg16 = load_state_dict_from_url(
+                    url=VGG16_Weights.IMAGENET1K_V1.url, progress=False, check_hash=True, weights_only=True
+                )
             except OSError as err:
                 raise RuntimeError(
                     "LPIPSLoss could not download the torchvision VGG16 weights. Pass backbone_weights=<local path "
                     "to a torchvision vgg16 state dict> (e.g. vgg16-397923af.pth), place it in the torch hub cache, "
                     "or set pretrained_backbone=False for offline tests (loss then not meaningful)."
                 ) from err
+            _load_vgg16_features(self.lpips.net, vgg16)
         self.lpips.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> "LPIPSLoss":

@@ -11,23 +11,32 @@ the last batch with repeated images (`even_batches`). Uneven shards (6 and 5 ima
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import pickle
 from typing import Any
 
-import datasets
 import numpy as np
 import torch
 import torchvision
-from datasets.distributed import split_dataset_by_node
 from torch import Tensor, nn
-from torch.utils.data import Subset
-from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torch.hub import load_state_dict_from_url
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from torchmetrics.image.fid import FrechetInceptionDistance
+
+from ..data.sharding import shard_for_process
 
 INCEPTION_FEATURE_DIM = 2048
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = URL_INCEPTION_V3
+# Below this many images an FID is mostly noise: the covariance has rank N - 1 of 2048 and its bias dwarfs the
+# differences between models. Above it the value is biased but comparable between runs of the same N (the papers'
+# 50k; 5k-10k is common during training).
+MIN_RELIABLE_FID_SAMPLES = 50
 
 ArrayLike = np.ndarray | Tensor
+logger = logging.getLogger(__name__)
 
 
 def save_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> str:
@@ -48,12 +57,67 @@ def save_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> str
     return str(path)
 
 
+def _weights_error(source: str, error: BaseException) -> ValueError:
+    """A `ValueError` naming the file; for a refused unpickling, torch's reason without its "retry unsafely" advice."""
+    if isinstance(error, pickle.UnpicklingError):
+        lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in str(error).splitlines()[1:]]
+        reason = " ".join(line for line in lines if line and not line.startswith("Check the documentation"))
+        return ValueError(
+            f"Refused to load the Inception weights {source}: it is not a plain state dict of tensors ({reason}). "
+            f"It was read with torch.load(weights_only=True), so nothing in it was executed; pass the FID "
+            f"Inception weights ({INCEPTION_WEIGHTS_FILE})."
+        )
+    return ValueError(f"Could not read the Inception weights {source}: {type(error).__name__}: {error}")
+
+
+def load_inception_state_dict(weights_path: str | os.PathLike | None = None) -> dict[str, Tensor]:
+    """The FID Inception-v3 state dict, read with `torch.load(weights_only=True)` (nothing in the file is executed).
+
+    `weights_path=None` downloads torch-fidelity's copy (cached by `torch.hub`; the cached file is read the same
+    safe way). Raises `FileNotFoundError` / `ValueError` naming the file when it is missing, not a plain tensor
+    dict, or unreadable, and `RuntimeError` when the download fails (with the offline fix).
+    """
+    if weights_path is None:
+        try:
+            state = load_state_dict_from_url(
+                INCEPTION_WEIGHTS_URL, map_location="cpu", progress=False, weights_only=True
+            )
+        except pickle.UnpicklingError as error:
+            raise _weights_error(f"cached from {INCEPTION_WEIGHTS_URL}", error) from error
+        except (OSError, RuntimeError) as error:
+            raise RuntimeError(
+                "Could not download the FID Inception-v3 weights. Without network access, download "
+                f"{INCEPTION_WEIGHTS_FILE} elsewhere and pass its local path with --inception_weights "
+                f"(weights_path=...). Cause: {error}"
+            ) from error
+        source = INCEPTION_WEIGHTS_URL
+    else:
+        source = os.fspath(weights_path)
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"Inception weights file not found: {source}")
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise _weights_error(source, error) from error
+    if not isinstance(state, dict) or not all(
+        isinstance(key, str) and isinstance(value, Tensor) for key, value in state.items()
+    ):
+        raise ValueError(
+            f"The Inception weights {source} are not a state dict of tensors (got {type(state).__name__})."
+        )
+    return state
+
+
 class InceptionFeatureExtractor(nn.Module):
     """2048-d pool features of the FID Inception-v3 (torch-fidelity `inception-v3-compat`, as the ADM evaluator).
 
     Takes float images `[B, 3, H, W]` in [0, 1]; they are quantized like saved PNGs (`round(x * 255)` to uint8)
     and resized by the network itself to 299 (TF1-compatible bilinear). Returns float32 `[B, 2048]`. Always in
-    eval mode and run in float32 (autocast is switched off inside).
+    eval mode and run in float32 (autocast is switched off inside). `pool_and_logits` also returns the 1008-way
+    logits without the fc bias (torch-fidelity's `logits_unbiased`, what the Inception Score uses) from the same pass.
+
+    The weights are read by `load_inception_state_dict` (`weights_only=True`) and handed to torch-fidelity as
+    tensors only: torch-fidelity's own `torch.load(weights_only=False)` never sees a user's file.
 
     Args:
         weights_path: local copy of the FID Inception weights (`pt_inception-2015-12-05-6726825d.pth`, or
@@ -65,34 +129,51 @@ class InceptionFeatureExtractor(nn.Module):
 
     def __init__(self, weights_path: str | os.PathLike | None = None):
         super().__init__()
-        if weights_path is not None and not os.path.isfile(weights_path):
-            raise FileNotFoundError(f"Inception weights file not found: {weights_path}")
+        state = load_inception_state_dict(weights_path)
+        tensors_only = io.BytesIO()
+        torch.save(state, tensors_only)  # re-serialized here: plain tensors, nothing from the user's file
+        tensors_only.seek(0)
+        del state
+        source = INCEPTION_WEIGHTS_URL if weights_path is None else os.fspath(weights_path)
         try:
             self.network = FeatureExtractorInceptionV3(
                 "inception-v3-compat",
-                [str(INCEPTION_FEATURE_DIM)],
-                feature_extractor_weights_path=None if weights_path is None else str(weights_path),
+                [str(INCEPTION_FEATURE_DIM), "logits_unbiased"],
+                feature_extractor_weights_path=tensors_only,
             )
-        except (OSError, RuntimeError) as error:
-            if weights_path is not None:
-                raise
-            raise RuntimeError(
-                "Could not download the FID Inception-v3 weights. Without network access, download "
-                f"{INCEPTION_WEIGHTS_FILE} elsewhere and pass its local path with --inception_weights "
-                f"(weights_path=...). Cause: {error}"
-            ) from error
+        except RuntimeError as error:  # load_state_dict: missing / unexpected keys or shapes
+            raise ValueError(f"{source} is not an FID Inception-v3 state dict: {error}") from error
 
     def train(self, mode: bool = True) -> InceptionFeatureExtractor:
         """Stay in eval mode (BatchNorm must use its stored statistics)."""
         return super().train(False)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def pool_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """`([B, 2048] pool features, [B, 1008] logits without the fc bias)`, float32, from one network pass."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"Expected images [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}.")
         pixels = images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
         with torch.autocast(images.device.type, enabled=False):
-            (features,) = self.network(pixels)
-        return features
+            features, logits = self.network(pixels)
+        return features, logits
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.pool_and_logits(images)[0]
+
+
+def check_fid_sample_count(count: int, source: str, advice: str = "add images") -> None:
+    """Refuse fewer than 2 images (no covariance) and warn below `MIN_RELIABLE_FID_SAMPLES`; `source` names where
+    the images come from (e.g. "the validation split"), `advice` what to do about too few."""
+    if count < 2:
+        raise ValueError(f"An FID needs at least 2 images, but {source} gives {count}: {advice}.")
+    if count < MIN_RELIABLE_FID_SAMPLES:
+        logger.warning(
+            "The FID over %d images of %s is mostly noise (fewer than %d images): compare it only with runs scored "
+            "on the same images, never with published values.",
+            count,
+            source,
+            MIN_RELIABLE_FID_SAMPLES,
+        )
 
 
 def _as_float64(value: ArrayLike) -> Tensor:
@@ -238,6 +319,21 @@ class FIDMetric(FrechetInceptionDistance):
             raise RuntimeError("The real side was given by set_real_statistics(); update() takes fake images only.")
         super().update(imgs.float().clamp(0, 1), real)
 
+    def update_features(self, features: Tensor, real: bool) -> None:
+        """Add features `[B, D]` already computed by this metric's feature network (e.g. the pool output of
+        `InceptionFeatureExtractor.pool_and_logits`, shared with an Inception Score) to the real or the fake side."""
+        if features.ndim != 2 or features.shape[1] != self.num_features:
+            raise ValueError(f"Expected features [B, {self.num_features}], got shape {tuple(features.shape)}.")
+        if real and self._reference is not None:
+            raise RuntimeError("The real side was given by set_real_statistics(); update() takes fake images only.")
+        self._computed = None  # what torchmetrics' update wrapper does
+        self._update_count += 1
+        features = features.detach().double()
+        side = "real" if real else "fake"
+        getattr(self, f"{side}_features_sum").add_(features.sum(dim=0))
+        getattr(self, f"{side}_features_cov_sum").add_(features.T @ features)
+        getattr(self, f"{side}_features_num_samples").add_(features.shape[0])
+
     def _real_moments(self) -> tuple[Tensor, Tensor]:
         if self._reference is not None:
             device = self.fake_features_sum.device
@@ -285,42 +381,17 @@ class FIDMetric(FrechetInceptionDistance):
         self._computed = None
 
 
-def shard_for_process(dataset: Any, process_index: int, num_processes: int) -> Any:
-    """This process's share of `dataset`, each item in exactly one share and NOTHING padded or repeated.
-
-    Map-style data are cut into contiguous blocks, the first `len % num_processes` blocks one item longer (11 items
-    on 2 processes: 6 and 5), so the shards concatenated in process order give the dataset order:
-    `datasets.Dataset.shard(contiguous=True)`, or a `torch.utils.data.Subset` of an index range for other
-    datasets with `__len__` / `__getitem__`. A streaming `datasets.IterableDataset` goes through
-    `datasets.distributed.split_dataset_by_node` (whole shards per process when they divide evenly, else every
-    `num_processes`-th example). Other iterable datasets cannot be split here: shard them at the source.
-    """
-    if not 0 <= process_index < num_processes:
-        raise ValueError(f"process_index={process_index} must be in [0, num_processes={num_processes}).")
-    if isinstance(dataset, datasets.IterableDataset):
-        return split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
-    if isinstance(dataset, datasets.Dataset):
-        return dataset.shard(num_shards=num_processes, index=process_index, contiguous=True)
-    if isinstance(dataset, torch.utils.data.IterableDataset) or not (
-        hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
-    ):
-        raise TypeError(
-            f"Cannot shard a {type(dataset).__name__}: give a map-style dataset (with __len__ and __getitem__) or a "
-            "datasets.IterableDataset, or split the stream per process yourself without repeating items."
-        )
-    base, extra = divmod(len(dataset), num_processes)
-    start = process_index * base + min(process_index, extra)
-    stop = start + base + (1 if process_index < extra else 0)
-    return Subset(dataset, range(start, stop))
-
-
 __all__ = [
     "INCEPTION_FEATURE_DIM",
     "INCEPTION_WEIGHTS_FILE",
+    "INCEPTION_WEIGHTS_URL",
+    "MIN_RELIABLE_FID_SAMPLES",
     "FIDMetric",
     "InceptionFeatureExtractor",
+    "check_fid_sample_count",
     "frechet_distance",
     "load_fid_stats",
+    "load_inception_state_dict",
     "save_fid_stats",
     "save_random_inception_weights",
     "shard_for_process",

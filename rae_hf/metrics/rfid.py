@@ -4,73 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
-import zipfile
 from collections.abc import Callable, Iterable
-from pathlib import Path
-from types import TracebackType
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..data.transforms import resize_images
 from .fid import ArrayLike, FIDMetric, InceptionFeatureExtractor
 from .reconstruction import ReconstructionMetrics
-
-
-class _ReconstructionWriter:
-    """Saves uint8 reconstructions of one process as PNGs and as an ADM-style `.npz` (`arr_0` `[N, H, W, 3]`).
-
-    The pixels are streamed to a temporary file and copied into the `.npz` at the end, so memory stays at one batch.
-    """
-
-    def __init__(self, save_dir: Path, process_index: int):
-        save_dir.mkdir(parents=True, exist_ok=True)
-        self.save_dir = save_dir
-        self.prefix = f"rank{process_index}"
-        self.count = 0
-        self.size: tuple[int, int] | None = None
-        self._pixels = tempfile.TemporaryFile(dir=save_dir)
-
-    def __enter__(self) -> _ReconstructionWriter:
-        return self
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, traceback: TracebackType | None) -> None:
-        self._pixels.close()
-
-    def write(self, images: Tensor) -> None:
-        """Add images `[B, 3, H, W]` in [0, 1] (quantized as `round(x * 255)`)."""
-        pixels = images.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
-        size = (pixels.shape[1], pixels.shape[2])
-        if self.size is not None and size != self.size:
-            raise ValueError(f"Reconstruction size changed from {self.size} to {size}; one .npz needs a fixed size.")
-        self.size = size
-        for image in pixels:
-            Image.fromarray(image).save(self.save_dir / f"{self.prefix}_{self.count:06d}.png")
-            self.count += 1
-        self._pixels.write(pixels.tobytes())
-
-    def finish(self) -> None:
-        """Write `reconstructions_<prefix>.npz` (nothing when this process saw no image)."""
-        if self.size is None:
-            return
-        header = {
-            "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
-            "fortran_order": False,
-            "shape": (self.count, *self.size, 3),
-        }
-        self._pixels.seek(0)
-        path = self.save_dir / f"reconstructions_{self.prefix}.npz"
-        with (
-            zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
-            archive.open("arr_0.npy", "w", force_zip64=True) as member,
-        ):
-            np.lib.format.write_array_header_1_0(member, header)
-            shutil.copyfileobj(self._pixels, member, 1 << 24)
+from .sample_writer import SampleWriter
 
 
 def _sum_over_processes(count: int, device: torch.device) -> int:
@@ -122,8 +65,8 @@ class RFIDEvaluator:
         """Run over `batches` of `{"pixel_values": [B, 3, H, W] in [0, 1]}`; returns rfid, psnr, ssim, num_samples.
 
         `reconstruct_fn(images)` returns `[B, 3, H', W']` (clamped to [0, 1] here); when its size differs, the
-        originals are resized to it (bicubic) for every metric. `reference=(mu, sigma)` (e.g. `load_fid_stats`)
-        replaces the real side. `max_samples` caps the images of THIS process.
+        originals are resized to it (`rae_hf.data.resize_images`) for every metric. `reference=(mu, sigma)` (e.g.
+        `load_fid_stats`) replaces the real side. `max_samples` caps the images of THIS process.
 
         Multi-process (`accelerator` given, or torch.distributed initialized): each process passes its own shard of
         the data WITHOUT padding (`shard_for_process`; not a DataLoader prepared by Accelerate, which repeats
@@ -149,10 +92,12 @@ class RFIDEvaluator:
             fid.set_real_statistics(*reference)
         scores = ReconstructionMetrics().to(device)
         count = 0
-        writer = _ReconstructionWriter(Path(save_dir), process_index) if save_dir is not None else None
+        writer = SampleWriter(save_dir, process_index, name="reconstructions") if save_dir is not None else None
         with writer if writer is not None else contextlib.nullcontext():
             for batch in tqdm(batches, desc="rFID", disable=not show_progress):
                 images = batch["pixel_values"]
+                if images.shape[0] == 0:  # every image of the batch was undecodable (counted by the collator)
+                    continue
                 if not images.is_floating_point():
                     raise ValueError(f"pixel_values must be float images in [0, 1], got dtype {images.dtype}.")
                 images = images.to(device, non_blocking=True).float()
@@ -166,10 +111,7 @@ class RFIDEvaluator:
                         f"reconstruct_fn returned shape {tuple(reconstructions.shape)} for images of shape "
                         f"{tuple(images.shape)}; expected [B, 3, H', W']."
                     )
-                if reconstructions.shape[-2:] != images.shape[-2:]:
-                    images = F.interpolate(
-                        images, size=reconstructions.shape[-2:], mode="bicubic", align_corners=False, antialias=True
-                    ).clamp(0, 1)
+                images = resize_images(images, reconstructions.shape[-2:])
                 if reference is None:
                     fid.update(images, real=True)
                 fid.update(reconstructions, real=False)

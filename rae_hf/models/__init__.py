@@ -1,17 +1,11 @@
-"""Models of rae_hf, registered with the transformers Auto classes on import."""
+"""Models of rae_hf, registered with the transformers Auto classes on import (each package registers its own).
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+Shared pieces: `backbone` (frozen vision backbones; token layouts in `rae/backbone_layouts.py`), `presets` (the
+preset rule: explicit arguments win). A model folder imports nothing outside `rae_hf.models`.
+"""
 
-from ..probe.classifier import ProbeClassifier, ProbeClassifierConfig
+from . import dino, jit, vit  # noqa: F401  (register DINO, JiT and the ViT variants with the Auto classes)
+from .probe import ProbeClassifier, ProbeClassifierConfig
 from .rae import RAEConfig, RAEModel
-
-AutoConfig.register(RAEConfig.model_type, RAEConfig, exist_ok=True)
-AutoModel.register(RAEConfig, RAEModel, exist_ok=True)
-# save_pretrained then writes `auto_map` and copies the two model files, so the hub checkpoint loads anywhere.
-RAEConfig.register_for_auto_class()
-RAEModel.register_for_auto_class("AutoModel")
-
-AutoConfig.register(ProbeClassifierConfig.model_type, ProbeClassifierConfig, exist_ok=True)
-AutoModelForImageClassification.register(ProbeClassifierConfig, ProbeClassifier, exist_ok=True)
 
 __all__ = ["ProbeClassifier", "ProbeClassifierConfig", "RAEConfig", "RAEModel"]

@@ -1,13 +1,15 @@
 """Representation evaluation of frozen (or fine-tuned) vision encoders: linear probes, kNN, LoRA and full fine-tuning.
 
-Flow: `load_encoder` -> `extract_features` / `FeatureCache` (one encoder pass per split, cached) -> `LinearHeadGrid` +
-`train_heads` (every learning rate and feature variant in one pass) / `knn_evaluate` -> `ProbeClassifier`.
+Flow: `load_encoder` -> `extract_features` / `FeatureCache` (one encoder pass per split, cached, checksummed) ->
+`linear_probe` (default: L-BFGS logistic regression with an L2 sweep selected on held-out train, `logistic`; or the
+`LinearHeadGrid` + `train_heads` SGD grid of the DINOv2/MAE protocols, `protocols`) with its warnings
+(`diagnostics`) / `knn_evaluate` -> `ProbeClassifier`.
 `import rae_hf` registers `ProbeClassifier` with `AutoConfig` and `AutoModelForImageClassification`.
 """
 
+from rae_hf.models.probe import ProbeClassifier, ProbeClassifierConfig
 from rae_hf.probe.accuracy import accuracy_metrics, topk_accuracy
 from rae_hf.probe.cache import DatasetCheck, FeatureCache, feature_cache_key, feature_description
-from rae_hf.probe.classifier import ProbeClassifier, ProbeClassifierConfig
 from rae_hf.probe.encoders import (
     TOKEN_LAYOUTS,
     ProbeEncoder,
@@ -41,9 +43,12 @@ from rae_hf.probe.heads import (
     train_heads,
 )
 from rae_hf.probe.knn import DEFAULT_KS, knn_evaluate, knn_scores
+from rae_hf.probe.linear import LinearProbeResult, linear_probe
+from rae_hf.probe.logistic import DEFAULT_L2_GRID, LogisticFit, Standardizer, fit_logistic_regression, sweep_l2
 
 __all__ = [
     "DEFAULT_KS",
+    "DEFAULT_L2_GRID",
     "DINOV2_LEARNING_RATES",
     "LARS",
     "POOLINGS",
@@ -58,10 +63,13 @@ __all__ = [
     "HeadSpec",
     "HeadTrainingResult",
     "LinearHeadGrid",
+    "LinearProbeResult",
+    "LogisticFit",
     "ProbeClassifier",
     "ProbeClassifierConfig",
     "ProbeEncoder",
     "ProbeEncoderOutput",
+    "Standardizer",
     "TokenLayout",
     "accuracy_metrics",
     "build_head_optimizer",
@@ -72,11 +80,14 @@ __all__ = [
     "feature_cache_key",
     "feature_description",
     "feature_variants",
+    "fit_logistic_regression",
     "iter_components",
     "knn_evaluate",
     "knn_scores",
+    "linear_probe",
     "load_encoder",
     "register_token_layout",
+    "sweep_l2",
     "topk_accuracy",
     "train_heads",
     "variant_tensor",

@@ -1,10 +1,7 @@
 """Arguments of `run_probe.py` (parsable by `HfArgumentParser`, from a recipe YAML and/or the command line).
 
-`ProbeArguments`: which encoder, which mode, which features and where they are cached. `ProbeTrainingArguments`:
-`TrainingArguments` (output_dir, seed, epochs, batch sizes, report_to, ...) plus the linear-head grid and kNN settings.
-In `linear` mode the heads follow their own optimizer and cosine schedule (`head_*`, `learning_rates`), using
-`num_train_epochs`/`max_steps`, `per_device_train_batch_size` (heads) and `per_device_eval_batch_size` (feature
-extraction) from `TrainingArguments`; `lora`/`full` modes are ordinary `Trainer` runs with `learning_rate` etc.
+`ProbeArguments`: which encoder, which mode, which features and where they are cached. `ProbeTrainingArguments`
+(`rae_hf.trainers.probe_config`, re-exported here): the protocol, the head solver, kNN and fine-tuning settings.
 """
 
 from __future__ import annotations
@@ -12,11 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from transformers import TrainingArguments
-
 from rae_hf.probe.features import POOLINGS
-from rae_hf.probe.heads import DINOV2_LEARNING_RATES
-from rae_hf.probe.knn import DEFAULT_KS
+from rae_hf.trainers.probe_config import ProbeTrainingArguments
 
 __all__ = ["ProbeArguments", "ProbeTrainingArguments"]
 
@@ -67,6 +61,10 @@ class ProbeArguments:
         default=None,
         metadata={"help": "Store extracted features here (datasets Arrow) and reuse them; default: in memory only."},
     )
+    verify_feature_cache: bool = field(
+        default=True,
+        metadata={"help": "Check the SHA-256 of every cached feature file before reusing it (sizes: always)."},
+    )
     feature_dtype: Literal["float16", "float32"] = field(
         default="float16", metadata={"help": "Storage dtype of the features (heads always compute in float32)."}
     )
@@ -87,6 +85,13 @@ class ProbeArguments:
     save_classifier: bool = field(
         default=True,
         metadata={"help": "linear: save the best head with its encoder as a ProbeClassifier in output_dir."},
+    )
+    quickstart_assets: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of the offline quickstart's inputs: the tiny encoder and synthetic images the recipe "
+            "names are made there on first use (e.g. runs/quickstart)."
+        },
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
@@ -112,59 +117,3 @@ class ProbeArguments:
             raise ValueError(f"--train_augment_passes must be >= 0, got {self.train_augment_passes}.")
         if self.lora_r < 1 or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"Invalid LoRA settings r={self.lora_r}, dropout={self.lora_dropout}.")
-
-
-@dataclass
-class ProbeTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the linear-head grid (DINOv2 defaults) and kNN settings."""
-
-    learning_rates: list[float] = field(
-        default_factory=lambda: list(DINOV2_LEARNING_RATES),
-        metadata={"help": "Base learning rates of the head grid (x batch/256 unless --scale_lr_by_batch false)."},
-    )
-    head_optimizer: Literal["sgd", "lars", "adamw"] = field(
-        default="sgd", metadata={"help": "Head optimizer: sgd (momentum; DINOv2), lars (MAE) or adamw."}
-    )
-    head_momentum: float = field(default=0.9, metadata={"help": "Momentum of sgd/lars."})
-    head_norm: Literal["none", "batchnorm"] = field(
-        default="none", metadata={"help": "batchnorm: BatchNorm1d(affine=False, eps=1e-6) before each head (MAE)."}
-    )
-    head_init: Literal["normal", "trunc_normal"] = field(
-        default="normal", metadata={"help": "Head weight init: normal (DINOv2) or trunc_normal (MAE), std 0.01."}
-    )
-    head_init_std: float = field(default=0.01, metadata={"help": "Std of the head weight init."})
-    head_warmup_epochs: float = field(default=0.0, metadata={"help": "Linear warmup of the heads (MAE: 10 of 90)."})
-    scale_lr_by_batch: bool = field(
-        default=True, metadata={"help": "Use base lr x batch_size / 256 (DINOv2/MAE linear scaling rule)."}
-    )
-    knn_k: list[int] = field(
-        default_factory=lambda: list(DEFAULT_KS), metadata={"help": "kNN neighbour counts (clipped to train size)."}
-    )
-    knn_temperature: float = field(default=0.07, metadata={"help": "kNN vote temperature: weight exp(sim / T)."})
-    run_knn: bool = field(default=True, metadata={"help": "linear mode: also report kNN on the same features."})
-    num_train_epochs: float = field(default=10.0, metadata={"help": "Epochs (linear: of the heads; DINOv2: 10)."})
-    per_device_train_batch_size: int = field(
-        default=256, metadata={"help": "Batch size (linear: of the heads; lower it for lora/full)."}
-    )
-    per_device_eval_batch_size: int = field(
-        default=64, metadata={"help": "Batch size of feature extraction and evaluation."}
-    )
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Images arrive as `pixel_values`."})
-    logging_nan_inf_filter: bool = field(
-        default=False, metadata={"help": "Keep False: a NaN/inf loss must stop the run, not be averaged away."}
-    )
-
-    def __post_init__(self):
-        if self.label_names is None:
-            self.label_names = ["labels"]
-        if self.accelerator_config is None:  # streamed data: every process reads its own batches
-            self.accelerator_config = {"dispatch_batches": False}
-        super().__post_init__()
-        if not self.learning_rates or min(self.learning_rates) <= 0:
-            raise ValueError(f"--learning_rates must be positive, got {self.learning_rates}.")
-        if len(set(self.learning_rates)) != len(self.learning_rates):
-            raise ValueError(f"--learning_rates has duplicates: {self.learning_rates}.")
-        if not self.knn_k or min(self.knn_k) < 1 or self.knn_temperature <= 0:
-            raise ValueError(f"Invalid kNN settings k={self.knn_k}, temperature={self.knn_temperature}.")
-        if not 0 <= self.head_momentum < 1 or self.head_init_std <= 0 or self.head_warmup_epochs < 0:
-            raise ValueError("Need 0 <= --head_momentum < 1, --head_init_std > 0 and --head_warmup_epochs >= 0.")

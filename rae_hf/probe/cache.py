@@ -2,8 +2,11 @@
 depend on, so a changed setting never reuses stale features.
 
 Layout: `<cache_dir>/<key>/dataset/` (Arrow, loadable with `datasets.load_from_disk`) and
-`<cache_dir>/<key>/probe_features.json` (what the key was computed from, counts, the dataset check). An entry is
-built in a temporary folder and renamed into place, so an interrupted extraction never leaves a partial entry.
+`<cache_dir>/<key>/probe_features.json` (what the key was computed from, counts, the dataset check, and the size and
+SHA-256 of every file of `dataset/`). An entry is built in a temporary folder and renamed into place, so an
+interrupted extraction never leaves a partial entry. Before an entry is reused its files are verified against the
+recorded sizes and checksums; an entry that fails (truncated or overwritten files, unreadable metadata, Arrow files
+that do not load) is reported with its path, deleted and extracted again.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ import torch
 from rae_hf.probe.encoders import ProbeEncoder
 from rae_hf.probe.features import ComponentSpec, FeatureSet, collect
 
-__all__ = ["DatasetCheck", "FeatureCache", "feature_cache_key", "feature_description"]
+__all__ = ["CorruptCacheError", "DatasetCheck", "FeatureCache", "feature_cache_key", "feature_description"]
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: checksums of the dataset files in the metadata
 METADATA_FILE = "probe_features.json"
+HASH_BLOCK = 1 << 22
 
 ComponentBatches = Iterable[tuple[dict[str, torch.Tensor], torch.Tensor, int]]
 
@@ -81,11 +85,20 @@ def feature_cache_key(description: dict) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-class FeatureCache:
-    """Features kept in memory only (`root=None`) or stored under `root` and reused by later runs."""
+class CorruptCacheError(ValueError):
+    """A stored entry cannot be trusted (the message names the file and the problem)."""
 
-    def __init__(self, root: str | None = None):
+
+class FeatureCache:
+    """Features kept in memory only (`root=None`) or stored under `root` and reused by later runs.
+
+    `verify=False` skips the checksums of reused entries (their sizes are still checked), for very large caches on
+    trusted storage.
+    """
+
+    def __init__(self, root: str | None = None, verify: bool = True):
         self.root = root
+        self.verify = verify
 
     def get_or_extract(
         self,
@@ -104,16 +117,22 @@ class FeatureCache:
             return collect(extract()), False
         key = feature_cache_key(description)
         entry = os.path.join(self.root, key)
-        metadata = _read_metadata(entry)
-        if metadata is not None:
-            problem = _mismatch(metadata, check)
-            if problem is None:
-                logger.info("Reusing cached features %s (%s).", entry, description["split"])
-                return _load(entry, metadata), True
-            logger.warning("Stale feature cache %s: %s. Extracting again.", entry, problem)
+        if os.path.isdir(entry):
+            try:
+                metadata = _read_metadata(entry)
+                problem = _mismatch(metadata, check)
+                if problem is None:
+                    _verify_files(entry, metadata, checksums=self.verify)
+                    features = _load(entry, metadata)
+                    logger.info("Reusing cached features %s (%s).", entry, description["split"])
+                    return features, True
+                logger.warning("Stale feature cache %s: %s. Extracting again.", entry, problem)
+            except Exception as err:  # anything unreadable: never trusted, always rebuilt
+                logger.warning("Corrupt feature cache %s: %s. Deleting it and extracting again.", entry, err)
             shutil.rmtree(entry)
         self._write(entry, key, description, extract(), shapes, check)
-        return _load(entry, _read_metadata(entry)), False
+        metadata = _read_metadata(entry)
+        return _load(entry, metadata), False
 
     def _write(
         self,
@@ -163,13 +182,14 @@ class FeatureCache:
                 "description": description,
                 **counts,
                 "dataset_check": asdict(check) if check is not None else None,
+                "files": _file_digests(os.path.join(build, "dataset")),
             }
             with open(os.path.join(build, METADATA_FILE), "w") as f:
                 json.dump(metadata, f, indent=2)
             try:
                 os.replace(build, entry)
             except OSError:  # another process stored the same features meanwhile: keep theirs
-                if _read_metadata(entry) is None:
+                if not os.path.isfile(os.path.join(entry, METADATA_FILE)):
                     raise
         finally:
             if os.path.isdir(build):
@@ -177,12 +197,59 @@ class FeatureCache:
         logger.info("Cached %d features of %s in %s.", counts["num_features"], description["split"], entry)
 
 
-def _read_metadata(entry: str) -> dict | None:
+def _read_metadata(entry: str) -> dict:
+    """The entry's metadata; `CorruptCacheError` naming the file when it is missing, not JSON or incomplete."""
     path = os.path.join(entry, METADATA_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            metadata = json.load(f)
+    except FileNotFoundError:
+        raise CorruptCacheError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptCacheError(f"{path} is not valid JSON ({err})") from None
+    required = ("description", "num_features", "num_skipped", "files")
+    if not isinstance(metadata, dict) or any(name not in metadata for name in required):
+        raise CorruptCacheError(f"{path} lacks some of {list(required)}")
+    return metadata
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_digests(folder: str) -> dict[str, dict]:
+    """`{relative path: {"size", "sha256"}}` of every file under `folder`."""
+    digests = {}
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(directory, name)
+            digests[os.path.relpath(path, folder)] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+    return digests
+
+
+def _verify_files(entry: str, metadata: dict, checksums: bool = True) -> None:
+    """`CorruptCacheError` naming the first file of `dataset/` that is missing, extra, resized or (with
+    `checksums`) changed since the entry was written."""
+    folder = os.path.join(entry, "dataset")
+    recorded = metadata["files"]
+    present = set()
+    for directory, _, names in os.walk(folder):
+        present |= {os.path.relpath(os.path.join(directory, name), folder) for name in names}
+    for name in sorted(set(recorded) | present):
+        path = os.path.join(folder, name)
+        if name not in present:
+            raise CorruptCacheError(f"{path} is missing")
+        if name not in recorded:
+            raise CorruptCacheError(f"{path} was not written by the extraction")
+        size = os.path.getsize(path)
+        if size != recorded[name]["size"]:
+            raise CorruptCacheError(f"{path} has {size} bytes, {recorded[name]['size']} were written")
+        if checksums and _sha256(path) != recorded[name]["sha256"]:
+            raise CorruptCacheError(f"{path} changed since it was written (SHA-256 mismatch)")
 
 
 def _mismatch(metadata: dict, check: DatasetCheck | None) -> str | None:
@@ -201,9 +268,7 @@ def _load(entry: str, metadata: dict) -> FeatureSet:
     """Read a stored entry back as tensors, checking its size against its metadata."""
     dataset = datasets.load_from_disk(os.path.join(entry, "dataset"))
     if len(dataset) != metadata["num_features"]:
-        raise ValueError(
-            f"Feature cache {entry} holds {len(dataset)} rows but recorded {metadata['num_features']}; delete it."
-        )
+        raise CorruptCacheError(f"it holds {len(dataset)} rows but recorded {metadata['num_features']}")
     labels = torch.from_numpy(dataset.select_columns(["labels"]).with_format("numpy")[:]["labels"])
     storage = np.dtype(metadata["description"]["storage_dtype"])  # numpy formatting would upcast to float32
     components = dataset.remove_columns(["labels"]).with_format("numpy", dtype=storage)[:]

@@ -8,14 +8,14 @@ from collections.abc import Sequence
 
 import datasets
 import numpy as np
-import torch
-from torchvision.transforms import v2
 
 from rae_hf.data import with_image_transform
+from rae_hf.data.transforms import probe_eval_transform, probe_train_transform
 from rae_hf.probe.cache import DatasetCheck
 
 __all__ = [
     "LABEL_COLUMN_CANDIDATES",
+    "check_labels",
     "class_names",
     "dataset_check",
     "dataset_fingerprint",
@@ -24,6 +24,7 @@ __all__ = [
     "labeled_split",
     "probe_eval_transform",
     "probe_train_transform",
+    "unseen_labels",
 ]
 
 # Tried in order when --label_column_name is not given (ImageFolder/ImageNet, HF convention, CIFAR-100, others).
@@ -56,6 +57,33 @@ def detect_label_column(dataset: AnyDataset, name: str | None = None) -> str:
     )
 
 
+def check_labels(dataset: AnyDataset, label_column: str, split: str, folder: str | None = None) -> None:
+    """Refuse a split whose examples have no label: a flat image folder (`folder`, read without class sub-folders)
+    or a column with missing values. Map-style splits are checked whole, streamed ones on their first example."""
+    if isinstance(dataset, datasets.Dataset):
+        values = dataset.select_columns([label_column]).with_format(None)[:][label_column]
+        missing = sum(value is None for value in values)
+    else:
+        first = next(iter(dataset.take(1)), {})
+        missing = int(first.get(label_column) is None)
+    if not missing:
+        return
+    if folder is not None:
+        raise ValueError(
+            f"{folder} has images without a class: a probe needs one sub-folder per class "
+            f"({folder}/<class name>/<image>), e.g. {folder}/cat/001.png and {folder}/dog/002.png."
+        )
+    raise ValueError(
+        f"The {split} split has {'examples' if missing > 1 else 'an example'} without a value in the label column "
+        f"{label_column!r}; a probe needs every example labelled (pass --label_column_name for another column)."
+    )
+
+
+def unseen_labels(train_labels: Sequence[int], validation_labels: Sequence[int]) -> list[int]:
+    """Classes present in validation but absent from train (no head can predict them)."""
+    return sorted(set(int(label) for label in validation_labels) - set(int(label) for label in train_labels))
+
+
 def class_names(dataset: AnyDataset, label_column: str) -> list[str] | None:
     """Class names of a `ClassLabel` column, None for plain integer labels."""
     feature = (dataset.features or {}).get(label_column)
@@ -68,35 +96,6 @@ def labeled_split(dataset: AnyDataset, image_column: str, label_column: str, tra
     if label_column != LABEL_KEY:
         dataset = dataset.rename_column(label_column, LABEL_KEY)
     return with_image_transform(dataset, transform, image_column, keep_columns=[LABEL_KEY])
-
-
-def probe_eval_transform(image_size: int, crop_pct: float = 0.875) -> v2.Compose:
-    """PIL image -> [0, 1] float tensor: bicubic resize of the shorter side to `image_size / crop_pct`, center crop
-    (DINOv2/MAE evaluation: 256 then 224)."""
-    if not 0 < crop_pct <= 1:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}.")
-    resize = round(image_size / crop_pct)
-    bicubic = v2.InterpolationMode.BICUBIC
-    return v2.Compose(
-        [
-            v2.Resize(resize, interpolation=bicubic, antialias=True),
-            v2.CenterCrop(image_size),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-        ]
-    )
-
-
-def probe_train_transform(image_size: int) -> v2.Compose:
-    """Random-resized crop (bicubic) and horizontal flip: the DINOv2/MAE linear-probe training augmentation."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-        ]
-    )
 
 
 def dataset_fingerprint(dataset: AnyDataset, source: dict) -> str:

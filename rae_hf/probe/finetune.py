@@ -1,12 +1,14 @@
 """Fine-tuning modes: LoRA adapters (peft) on the encoder's attention projections, or the whole encoder, both trained
-with `transformers.Trainer` on a `ProbeClassifier`.
+with `rae_hf.trainers.probe_trainer.ProbeTrainer` on a `ProbeClassifier`.
 
-`ProbeTrainer` is the library's `RaeHfTrainer` (non-finite loss detection, images/s, skipped-image totals) plus one
-override: the collator's `num_skipped` count is recorded instead of being passed to the model.
+`finetune_param_groups` gives the optimizer its groups: the new head at `head_lr_multiplier` x the learning rate,
+backbone block i (of L) at `layer_decay^(L - i)` x, the embeddings at `layer_decay^(L + 1)` x (MAE/BEiT layer-wise
+decay), and no weight decay on biases, norms and tokens.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -14,11 +16,17 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import EvalPrediction
 
+from rae_hf.models.probe import ProbeClassifier
 from rae_hf.probe.accuracy import topk_accuracy
-from rae_hf.probe.classifier import ProbeClassifier
-from rae_hf.trainers.base import RaeHfTrainer
 
-__all__ = ["ProbeTrainer", "apply_lora", "classification_metrics", "lora_target_modules", "unfreeze"]
+__all__ = [
+    "apply_lora",
+    "classification_metrics",
+    "finetune_param_groups",
+    "layer_id",
+    "lora_target_modules",
+    "unfreeze",
+]
 
 
 # Query/value projection names, by preference: transformers 5 names them q_proj/v_proj in DINOv2, DINOv3, ViT,
@@ -68,11 +76,41 @@ def classification_metrics(prediction: EvalPrediction) -> dict[str, float]:
     return topk_accuracy(logits, labels, num_classes=logits.shape[-1])
 
 
-class ProbeTrainer(RaeHfTrainer):
-    """`RaeHfTrainer` for image classifiers fed by `ImageCollator` batches."""
+_BLOCK = re.compile(r"\.(?:layer|layers|blocks|h)\.(\d+)\.")
+_EMBEDDING = ("embeddings", "cls_token", "register_tokens", "mask_token", "position", "patch_embed")
+_NO_DECAY = ("cls_token", "register_tokens", "mask_token", "position_embedding", "position_embeddings")
 
-    def compute_loss(self, model, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
-        skipped = inputs.pop("num_skipped", None)
-        if model.training:
-            self.record_images(inputs["pixel_values"].shape[0], skipped=skipped)
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+def layer_id(name: str, num_blocks: int) -> int:
+    """Depth of a parameter for layer-wise decay: 0 for the embeddings, i + 1 for block i, `num_blocks + 1` for
+    everything after the blocks (final norm, pooling head, classifier)."""
+    match = _BLOCK.search(name)
+    if match is not None:
+        return int(match.group(1)) + 1
+    if any(part in name for part in _EMBEDDING):
+        return 0
+    return num_blocks + 1
+
+
+def finetune_param_groups(
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    head_lr_multiplier: float = 1.0,
+    layer_decay: float = 1.0,
+) -> list[dict]:
+    """Optimizer groups of the trainable parameters of a (LoRA-wrapped) `ProbeClassifier` (see the module doc).
+    Each group carries its `lr` and `weight_decay`; the head is any parameter under `classifier`."""
+    named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    blocks = {int(match.group(1)) for name, _ in named if (match := _BLOCK.search(name))}
+    all_blocks = {int(m.group(1)) for name, _ in model.named_parameters() if (m := _BLOCK.search(name))}
+    num_blocks = max(all_blocks | blocks, default=-1) + 1
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, param in named:
+        if ".classifier." in f".{name}.":
+            scale = head_lr_multiplier
+        else:
+            scale = layer_decay ** (num_blocks + 1 - layer_id(name, num_blocks))
+        decay = 0.0 if param.ndim <= 1 or any(part in name for part in _NO_DECAY) else weight_decay
+        groups.setdefault((learning_rate * scale, decay), []).append(param)
+    return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from rae_hf.models.probe.configuration_probe import BN_EPS, HEAD_INITS
 from rae_hf.probe.accuracy import accuracy_metrics
 
 __all__ = [
@@ -35,14 +36,13 @@ __all__ = [
     "LinearHeadGrid",
     "build_head_optimizer",
     "evaluate_heads",
+    "full_batch_gradient_norms",
     "grid_loss",
     "train_heads",
 ]
 
 DINOV2_LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 HEAD_OPTIMIZERS = ("sgd", "lars", "adamw")
-HEAD_INITS = ("normal", "trunc_normal")
-BN_EPS = 1e-6
 LR_REFERENCE_BATCH = 256
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,8 @@ def build_head_optimizer(
 @dataclass
 class HeadTrainingResult:
     """How the grid was trained: the optimizer, steps and passes over the data, the effective batch size and lr
-    scale, and each head's mean training loss over its last epoch (non-finite for a diverged head)."""
+    scale, each head's mean training loss over its last epoch (non-finite for a diverged head) and every step's
+    minibatch loss per head (`loss_history`, `[steps, heads]`, on the training device)."""
 
     optimizer: torch.optim.Optimizer
     steps: int
@@ -203,6 +204,7 @@ class HeadTrainingResult:
     batch_size: int
     lr_scale: float
     train_loss: list[float]
+    loss_history: torch.Tensor
 
 
 def train_heads(
@@ -218,26 +220,29 @@ def train_heads(
     warmup_epochs: float = 0.0,
     scale_lr_by_batch: bool = True,
     max_steps: int = 0,
+    min_steps: int = 0,
     seed: int = 0,
     progress: bool = True,
 ) -> HeadTrainingResult:
     """Train every head of the grid at once, with a cosine schedule (after a linear warmup) to zero.
 
     Each epoch draws a seeded permutation of the examples and drops the last incomplete batch; the batch is capped
-    at the number of examples. `max_steps > 0` overrides `num_epochs`.
+    at the number of examples. `max_steps > 0` overrides `num_epochs`; otherwise training runs for at least
+    `min_steps` optimizer steps whatever `num_epochs` gives (a small dataset gets enough steps to converge).
     """
     num_examples = len(source)
     batch_size = min(batch_size, num_examples)
     if heads.batchnorm and batch_size < 2:
         raise ValueError("BatchNorm heads need batches of at least 2 examples.")
     steps_per_epoch = num_examples // batch_size
-    total_steps = max_steps if max_steps > 0 else max(1, round(num_epochs * steps_per_epoch))
+    total_steps = max_steps if max_steps > 0 else max(1, round(num_epochs * steps_per_epoch), min_steps)
     lr_scale = batch_size / LR_REFERENCE_BATCH if scale_lr_by_batch else 1.0
     heads.to(device).train()
     opt = build_head_optimizer(heads, optimizer, lr_scale, momentum, weight_decay)
     scheduler = get_cosine_schedule_with_warmup(opt, round(warmup_epochs * steps_per_epoch), total_steps)
     generator = torch.Generator().manual_seed(seed)
     step, epochs = 0, 0
+    history = torch.zeros(total_steps, len(heads.specs), device=device)
     with tqdm(total=total_steps, desc=f"Training {len(heads.specs)} heads", unit="step", disable=not progress) as bar:
         while step < total_steps:
             order = torch.randperm(num_examples, generator=generator)[: steps_per_epoch * batch_size]
@@ -251,6 +256,7 @@ def train_heads(
                 opt.step()
                 scheduler.step()
                 epoch_loss += per_head.detach()
+                history[step] = per_head.detach()
                 epoch_steps += 1
                 step += 1
                 bar.update()
@@ -260,7 +266,26 @@ def train_heads(
     diverged = [spec for spec, value in zip(heads.specs, train_loss, strict=True) if not math.isfinite(value)]
     if diverged:  # heads share no parameter: the others trained normally
         logger.warning("Heads %s diverged (non-finite loss); they are reported but never selected.", diverged)
-    return HeadTrainingResult(opt, step, epochs, batch_size, lr_scale, train_loss)
+    return HeadTrainingResult(opt, step, epochs, batch_size, lr_scale, train_loss, history)
+
+
+def full_batch_gradient_norms(
+    heads: LinearHeadGrid, source: FeatureBatches, batch_size: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Norm of each head's gradient of its mean cross-entropy over all of `source` (grid order, `[num_heads]`),
+    with normalization layers in evaluation mode. Compare at the start and the end of training to see whether a
+    head reached a stationary point."""
+    heads.to(device).eval()
+    heads.zero_grad(set_to_none=True)
+    count = len(source)
+    for features, labels in source.batches(torch.arange(count), batch_size):
+        _, per_head = grid_loss(heads(features), labels)
+        (per_head.sum() * labels.shape[0] / count).backward()
+    norms = torch.stack(
+        [torch.cat([p.grad.flatten() for p in head.parameters()]).norm() for head in heads.heads]  # type: ignore[union-attr]
+    )
+    heads.zero_grad(set_to_none=True)
+    return norms.detach()
 
 
 @torch.no_grad()

@@ -1,11 +1,14 @@
-"""Probe results on disk (JSON, a Markdown table, a PNG of accuracy vs learning rate) and in W&B.
+"""Probe results on disk (JSON, a Markdown table, a PNG of accuracy vs learning rate or L2 strength) and in W&B.
 
-The plot is drawn with PIL: matplotlib is not a dependency of the library (nor installed where it was written).
+`write_results` writes the JSON and the Markdown first; the plot comes last and a failure to draw it is logged, never
+raised, so a finished probe always leaves its numbers. The plot is drawn with PIL: matplotlib is not a dependency of
+the library.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 
@@ -14,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 __all__ = ["RESULT_FILES", "best_head", "log_to_wandb", "markdown_report", "plot_accuracy_vs_lr", "write_results"]
 
 RESULT_FILES = {"json": "probe_results.json", "markdown": "probe_results.md", "plot": "accuracy_vs_lr.png"}
+logger = logging.getLogger(__name__)
 COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # fmt: skip
 
@@ -23,11 +27,31 @@ def best_head(heads: list[dict]) -> dict | None:
     candidates = [head for head in heads if not head.get("diverged")]
     if not candidates:
         return None
-    return max(candidates, key=lambda head: (head["top1"], head["top5"], -head["base_learning_rate"]))
+    return max(candidates, key=lambda head: (head["top1"], head["top5"], -head.get("base_learning_rate", 0.0)))
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}"
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _grid_key(heads: list[dict]) -> str:
+    """The swept parameter of the rows: `l2` (L-BFGS) or `base_learning_rate` (SGD grid)."""
+    return "l2" if heads and "l2" in heads[0] else "base_learning_rate"
+
+
+def _same_head(row: dict, best: dict | None, key: str) -> bool:
+    return best is not None and row["feature"] == best["feature"] and row.get(key) == best.get(key)
+
+
+def _best_line(best: dict) -> str:
+    if "l2" in best:
+        held = f", held-out top-1 {_pct(best.get('holdout_top1'))}" if best.get("holdout_top1") is not None else ""
+        what = f"`{best['feature']}`, L-BFGS, l2 {best['l2']:g}{held}"
+    else:
+        what = f"`{best['feature']}`, base lr {best['base_learning_rate']:g}"
+    interval = best.get("top1_ci95")
+    ci = f" (95% CI {_pct(interval[0])} - {_pct(interval[1])})" if interval else ""
+    return f"**Best linear head: {what} — validation top-1 {_pct(best['top1'])}{ci}, top-5 {_pct(best['top5'])}.**"
 
 
 def markdown_report(results: dict) -> str:
@@ -40,24 +64,51 @@ def markdown_report(results: dict) -> str:
         f"Validation: {data['num_validation']} images, {data['num_classes']} classes; "
         f"train: {data['num_train']} images. Accuracies in %.",
     ]
+    training = results.get("training") or {}
+    if training.get("protocol"):
+        lines.append(
+            f"Protocol `{training['protocol']}`: {training.get('solver')} heads, "
+            f"selected on {training.get('selection')}"
+            + (f" ({training['num_holdout']} held-out training images)." if training.get("num_holdout") else ".")
+        )
+    warnings = results.get("warnings") or []
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- **{w['code']}**: {w['message']}" for w in warnings]
     heads = results.get("heads") or []
     if heads:
-        best = results["best"]
+        best = results.get("best")
         if best is not None:
-            lines += ["", f"**Best linear head: `{best['feature']}`, base lr {best['base_learning_rate']:g} — top-1 "
-                      f"{_pct(best['top1'])}, top-5 {_pct(best['top5'])}.**"]  # fmt: skip
+            lines += ["", _best_line(best)]
+        key = _grid_key(heads)
+        held = any(head.get("holdout_top1") is not None for head in heads)
         variants = list(dict.fromkeys(head["feature"] for head in heads))
-        rates = sorted({head["base_learning_rate"] for head in heads})
-        cell = {(h["feature"], h["base_learning_rate"]): h for h in heads}
-        lines += ["", "## Linear heads (top-1 / top-5)", "", "| base lr | lr | " + " | ".join(variants) + " |"]
-        lines.append("| --- | --- |" + " --- |" * len(variants))
-        for rate in rates:
-            row = [f"{rate:g}", f"{rate * results['training']['lr_scale']:.3g}"]
+        values = sorted({head[key] for head in heads})
+        cell = {(h["feature"], h[key]): h for h in heads}
+        what = "held-out top-1 / validation top-1" if held else "top-1 / top-5"
+        if key == "l2":
+            lines += ["", f"## Linear heads ({what})", "", "| l2 | " + " | ".join(variants) + " |"]
+            lines.append("| --- |" + " --- |" * len(variants))
+        else:
+            lines += ["", f"## Linear heads ({what})", "", "| base lr | lr | " + " | ".join(variants) + " |"]
+            lines.append("| --- | --- |" + " --- |" * len(variants))
+        for value in values:
+            row = [f"{value:g}"] if key == "l2" else [f"{value:g}", f"{value * training.get('lr_scale', 1.0):.3g}"]
             for variant in variants:
-                head = cell.get((variant, rate))
-                text = "diverged" if head and head.get("diverged") else f"{_pct(head['top1'])} / {_pct(head['top5'])}"
-                row.append(("**" + text + "**" if head is best else text) if head else "")
+                head = cell.get((variant, value))
+                if head is None:
+                    row.append("")
+                    continue
+                if head.get("diverged"):
+                    text = "diverged"
+                elif held:
+                    text = f"{_pct(head.get('holdout_top1'))} / {_pct(head['top1'])}"
+                else:
+                    text = f"{_pct(head['top1'])} / {_pct(head['top5'])}"
+                row.append("**" + text + "**" if _same_head(head, best, key) else text)
             lines.append("| " + " | ".join(row) + " |")
+        if key == "l2" and best is not None and held:
+            lines.append("")
+            lines.append("The selected strength is refit on all of train: that head's validation accuracy is above.")
     knn = results.get("knn") or []
     if knn:
         variants = list(dict.fromkeys(entry["feature"] for entry in knn))
@@ -83,22 +134,26 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def plot_accuracy_vs_lr(heads: list[dict], path: str, title: str = "Linear probe") -> str:
-    """Top-1 validation accuracy vs base learning rate (log scale), one line per feature variant; the best head
-    is ringed. Written as a PNG at `path`."""
+def plot_accuracy_vs_lr(heads: list[dict], path: str, title: str = "Linear probe", best: dict | None = None) -> str:
+    """Top-1 validation accuracy vs the swept parameter (base learning rate or L2 strength, log scale), one line per
+    feature variant; the `best` head (default: the best on validation) is ringed. Written as a PNG at `path`.
+    Diverged heads and non-positive values (no log position) are left out; nothing left gives an empty frame."""
+    key = _grid_key(heads)
+    best = best if best is not None else best_head(heads)
+    heads = [head for head in heads if head.get(key) is not None and head[key] > 0]
     width, height, left, right, top, bottom = 960, 560, 80, 230, 50, 70
     plot_w, plot_h = width - left - right, height - top - bottom
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     font, small = _font(16), _font(13)
 
-    logs = [math.log10(head["base_learning_rate"]) for head in heads]
+    logs = [math.log10(head[key]) for head in heads] or [0.0]
     x_min, x_max = min(logs), max(logs)
     if x_max - x_min < 1e-9:
         x_min, x_max = x_min - 0.5, x_max + 0.5
     accuracies = [100 * head["top1"] for head in heads if not head.get("diverged")] or [0.0, 100.0]
     low, high = min(accuracies) - 1, max(accuracies) + 1
-    y_step = next(step for step in (1, 2, 5, 10, 20) if high - low <= 5 * step)
+    y_step = next((step for step in (1, 2, 5, 10) if high - low <= 5 * step), 20)
     y_min = max(0, y_step * math.floor(low / y_step))
     y_max = min(100, y_step * math.ceil(high / y_step))
 
@@ -111,22 +166,22 @@ def plot_accuracy_vs_lr(heads: list[dict], path: str, title: str = "Linear probe
         draw.line([(left, y), (left + plot_w, y)], fill=(225, 225, 225))
         draw.text((left - 8, y), f"{value:.0f}", fill="black", font=small, anchor="rm")
     decades = range(math.ceil(x_min - 1e-9), math.floor(x_max + 1e-9) + 1)
-    ticks = [10.0**d for d in decades] if len(decades) >= 2 else sorted({h["base_learning_rate"] for h in heads})
+    ticks = [10.0**d for d in decades] if len(decades) >= 2 else sorted({h[key] for h in heads}) or [10.0**x_min]
     for lr in ticks:  # vertical grid and x labels
         x, _ = to_xy(lr, y_min)
         draw.line([(x, top), (x, top + plot_h)], fill=(225, 225, 225))
         draw.text((x, top + plot_h + 8), f"{lr:g}", fill="black", font=small, anchor="mt")
     draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
     draw.text((left + plot_w / 2, 18), title, fill="black", font=font, anchor="mm")
-    draw.text((left + plot_w / 2, height - 20), "base learning rate (log scale)", fill="black", font=small, anchor="mm")
+    x_label = "L2 strength (log scale)" if key == "l2" else "base learning rate (log scale)"
+    draw.text((left + plot_w / 2, height - 20), x_label, fill="black", font=small, anchor="mm")
     draw.text((left, top - 8), "validation top-1 (%)", fill="black", font=small, anchor="lb")
 
-    best = best_head(heads)
     variants = list(dict.fromkeys(head["feature"] for head in heads))
     for index, variant in enumerate(variants):
         color = COLORS[index % len(COLORS)]
         points = sorted(
-            (h["base_learning_rate"], 100 * h["top1"], h is best)
+            (h[key], 100 * h["top1"], _same_head(h, best, key))
             for h in heads
             if h["feature"] == variant and not h.get("diverged")
         )
@@ -145,18 +200,32 @@ def plot_accuracy_vs_lr(heads: list[dict], path: str, title: str = "Linear probe
 
 
 def write_results(output_dir: str, results: dict) -> dict[str, str]:
-    """Write the JSON, the Markdown table and (with linear heads) the plot; returns their paths by kind."""
+    """Write the JSON, then the Markdown table, then (with linear heads) the plot; returns the paths written by kind.
+
+    Each file is written to a temporary name and renamed. A failure to draw the plot is logged and leaves the JSON and
+    Markdown in place (the plot is decoration; the numbers are the result)."""
     os.makedirs(output_dir, exist_ok=True)
     paths = {kind: os.path.join(output_dir, name) for kind, name in RESULT_FILES.items()}
-    with open(paths["json"], "w") as f:
-        json.dump(results, f, indent=2)
-    with open(paths["markdown"], "w") as f:
-        f.write(markdown_report(results))
-    if results.get("heads"):
-        plot_accuracy_vs_lr(results["heads"], paths["plot"], f"Linear probe of {results['encoder']['name_or_path']}")
-    else:
+    _write_text(paths["json"], json.dumps(results, indent=2))
+    _write_text(paths["markdown"], markdown_report(results))
+    if not results.get("heads"):
+        del paths["plot"]
+        return paths
+    try:
+        title = f"Linear probe of {results['encoder']['name_or_path']}"
+        plot_accuracy_vs_lr(results["heads"], paths["plot"], title, best=results.get("best"))
+    except Exception as err:  # never lose a finished probe to its figure
+        logger.warning("Could not draw %s (%s: %s); the results are in %s.", paths["plot"], type(err).__name__, err,
+                       paths["json"])  # fmt: skip
         del paths["plot"]
     return paths
+
+
+def _write_text(path: str, text: str) -> None:
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as f:
+        f.write(text)
+    os.replace(temporary, path)
 
 
 def log_to_wandb(results: dict, paths: dict[str, str], run_name: str | None, config: dict) -> None:
@@ -171,17 +240,19 @@ def log_to_wandb(results: dict, paths: dict[str, str], run_name: str | None, con
         )
     summary, logs = {}, {}
     if results.get("best"):
-        summary.update({f"probe/best_{k}": results["best"][k] for k in ("top1", "top5", "base_learning_rate")})
+        best = results["best"]
+        summary.update({f"probe/best_{k}": best[k] for k in ("top1", "top5", "base_learning_rate", "l2") if k in best})
         summary["probe/best_feature"] = results["best"]["feature"]
     for table_name in ("heads", "knn"):
         rows = results.get(table_name) or []
         if rows:
-            columns = list(rows[0])
+            columns = list(dict.fromkeys(column for row in rows for column in row))
             logs[f"probe/{table_name}"] = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
     if results.get("finetune"):
         summary.update({f"probe/{k}": v for k, v in results["finetune"].items() if isinstance(v, float)})
     if "plot" in paths:
         logs["probe/accuracy_vs_lr"] = wandb.Image(paths["plot"])
+    summary["probe/warnings"] = len(results.get("warnings") or [])
     run.summary.update(summary)
     if logs:
         run.log(logs)

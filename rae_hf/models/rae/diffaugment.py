@@ -1,5 +1,8 @@
 """Differentiable augmentation (DiffAugment, StyleGAN-T flavour) for discriminator inputs.
 
+Default policy as the official RAE training: translation (up to 1/8 of the size, zero padding) first, then colour
+(brightness, saturation, contrast), probability 1, no cutout.
+
 All random parameters are drawn per sample from torch's global RNG on the input's device, so a
 restored RNG state reproduces the exact same augmentations. Every op is differentiable w.r.t. the input
 and free of host-device synchronisation.
@@ -9,9 +12,10 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["cutout", "diff_augment", "translate"]
+__all__ = ["DEFAULT_POLICY", "cutout", "diff_augment", "translate"]
 
 _POLICIES = ("color", "translation", "cutout")
+DEFAULT_POLICY = ("translation", "color")
 
 
 def _per_sample_uniform(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -53,8 +57,8 @@ def translate(x: torch.Tensor, shift_y: torch.Tensor, shift_x: torch.Tensor) -> 
 
 def _random_translation(x: torch.Tensor, ratio: float) -> torch.Tensor:
     """Translate each image by a uniform integer shift in ``[-ratio * size, ratio * size]`` per axis."""
-    max_y = int(x.shape[2] * ratio + 0.5)
-    max_x = int(x.shape[3] * ratio + 0.5)
+    max_y = round(x.shape[2] * ratio)
+    max_x = round(x.shape[3] * ratio)
     shift_y = torch.randint(-max_y, max_y + 1, (x.shape[0],), device=x.device)
     shift_x = torch.randint(-max_x, max_x + 1, (x.shape[0],), device=x.device)
     return translate(x, shift_y, shift_x)
@@ -81,7 +85,7 @@ def _random_cutout(x: torch.Tensor, ratio: float) -> torch.Tensor:
 
 def diff_augment(
     x: torch.Tensor,
-    policy: Sequence[str] = ("color", "translation"),
+    policy: Sequence[str] = DEFAULT_POLICY,
     translation_ratio: float = 0.125,
     cutout_ratio: float = 0.0,
 ) -> torch.Tensor:

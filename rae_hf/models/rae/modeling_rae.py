@@ -9,37 +9,27 @@ the weights and a pushed model loads with `trust_remote_code=True` anywhere.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
-from .configuration_rae import IMAGENET_MEAN, IMAGENET_STD, RAEConfig
-
-# Attribute of the final LayerNorm of each known encoder type; it keeps normalizing but loses its scale/shift.
-FINAL_NORM_ATTRIBUTE = {
-    "dinov2": "layernorm",
-    "dinov2_with_registers": "layernorm",
-    "dinov3_vit": "norm",
-    "vit": "layernorm",
-    "vit_mae": "layernorm",
-    "siglip_vision_model": "post_layernorm",
-    "siglip2_vision_model": "post_layernorm",
-}
-# Normalization used when an encoder ships no image-processor config.
-DEFAULT_IMAGE_STATS = {"siglip_vision_model": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
-# Encoder config values the RAE needs: MAE keeps every token (mask_ratio 0); SigLIP's pooling head is unused.
-ENCODER_CONFIG_OVERRIDES = {
-    "vit_mae": {"mask_ratio": 0.0},
-    "siglip_vision_model": {"vision_use_head": False},
-}
+from .backbone_layouts import (
+    TOKEN_LAYOUTS,
+    apply_config_overrides,
+    final_norm_without_affine,
+    image_processor_settings,
+    interpolation_kwargs,
+    load_vision_config,
+    mae_identity_noise,
+)
+from .configuration_rae import RAEConfig
 
 
 @dataclass
@@ -58,10 +48,12 @@ class RAEDecoderOutput(ModelOutput):
 
 @dataclass
 class RAEOutput(ModelOutput):
-    """Output of `RAEModel.forward`: the reconstruction and the latents it was decoded from."""
+    """Output of `RAEModel.forward`: the reconstruction, the latents it was decoded from and (on request) the
+    noise-free encoder tokens `[B, L, C]`."""
 
     reconstruction: torch.FloatTensor | None = None
     latents: torch.FloatTensor | None = None
+    encoder_tokens: torch.FloatTensor | None = None
 
 
 def sincos_position_embedding_2d(embed_dim: int, grid_size: int, add_cls_token: bool = True) -> torch.Tensor:
@@ -187,16 +179,31 @@ class RAEPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """MAE decoder init: xavier-uniform linears, unit LayerNorms, N(0, 0.02) CLS; fixed buffers recomputed."""
+        """Fresh decoder init; fixed buffers recomputed.
+
+        `decoder_init="pytorch"` (official RAE): PyTorch's default Linear init (kaiming-uniform a=sqrt(5) weights,
+        U(+-1/sqrt(fan_in)) biases), unit LayerNorms, a zero CLS token. `"mae"`: xavier-uniform weights, zero biases,
+        N(0, initializer_range) CLS token (the MAE/HF ViT-MAE convention).
+        """
+        mae = self.config.decoder_init == "mae"
         if isinstance(module, nn.Linear):
-            init.xavier_uniform_(module.weight)
-            if module.bias is not None:
+            if mae:
+                init.xavier_uniform_(module.weight)
+            else:
+                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None and mae:
                 init.zeros_(module.bias)
+            elif module.bias is not None:
+                bound = 1.0 / math.sqrt(module.in_features)
+                init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.LayerNorm) and module.weight is not None:
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, RAEDecoder):
-            init.normal_(module.trainable_cls_token, std=self.config.initializer_range)
+            if mae:
+                init.normal_(module.trainable_cls_token, std=self.config.initializer_range)
+            else:
+                init.zeros_(module.trainable_cls_token)
             grid = self.config.latent_grid_size
             init.copy_(module.decoder_pos_embed, sincos_position_embedding_2d(self.config.decoder_hidden_size, grid))
         elif isinstance(module, RAEModel):
@@ -217,14 +224,9 @@ class RAEModel(RAEPreTrainedModel):
 
     def __init__(self, config: RAEConfig):
         super().__init__(config)
-        encoder_config = config.encoder_config
-        for key, value in ENCODER_CONFIG_OVERRIDES.get(encoder_config.model_type, {}).items():
-            setattr(encoder_config, key, value)
-        self.encoder = AutoModel.from_config(encoder_config)
-        norm_name = FINAL_NORM_ATTRIBUTE.get(encoder_config.model_type)
-        if norm_name is not None and isinstance(getattr(self.encoder, norm_name, None), nn.LayerNorm):
-            old = getattr(self.encoder, norm_name)
-            setattr(self.encoder, norm_name, nn.LayerNorm(old.normalized_shape, eps=old.eps, elementwise_affine=False))
+        # MAE keeps every token (mask_ratio 0); SigLIP's pooling head is unused; final norm without scale/shift
+        self.encoder = AutoModel.from_config(apply_config_overrides(config.encoder_config, drop_pooling_head=True))
+        final_norm_without_affine(self.encoder)
         self.encoder.requires_grad_(False).eval()
         self._encoder_kwargs = self._encoder_forward_kwargs()
 
@@ -246,17 +248,8 @@ class RAEModel(RAEPreTrainedModel):
         the encoder's image-processor config when it has one. `config_kwargs` go to `RAEConfig` (decoder size,
         noise, ...).
         """
-        encoder_config = AutoConfig.from_pretrained(encoder_name_or_path)
-        encoder_config = getattr(encoder_config, "vision_config", None) or encoder_config
-        mean, std = DEFAULT_IMAGE_STATS.get(encoder_config.model_type, (IMAGENET_MEAN, IMAGENET_STD))
-        size = None
-        try:
-            processor = AutoImageProcessor.from_pretrained(encoder_name_or_path)
-            mean, std = processor.image_mean, processor.image_std
-            crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
-            size = crop.get("height") or crop.get("shortest_edge")
-        except (OSError, ValueError, KeyError):
-            pass  # no preprocessor_config.json: keep the defaults of the encoder type
+        encoder_config = load_vision_config(encoder_name_or_path, "encoder_name_or_path")
+        size, mean, std = image_processor_settings(encoder_name_or_path, TOKEN_LAYOUTS.get(encoder_config.model_type))
         config_kwargs.setdefault("encoder_image_mean", list(mean))
         config_kwargs.setdefault("encoder_image_std", list(std))
         config = RAEConfig(
@@ -274,12 +267,19 @@ class RAEModel(RAEPreTrainedModel):
 
     def _encoder_forward_kwargs(self) -> dict:
         """Extra encoder arguments: position-embedding interpolation where the encoder runs off its native size."""
-        parameters = inspect.signature(self.encoder.forward).parameters
-        native = getattr(self.config.encoder_config, "image_size", self.config.encoder_input_size)
-        native = native[0] if isinstance(native, (list, tuple)) else native
-        if "interpolate_pos_encoding" in parameters and native != self.config.encoder_input_size:
-            return {"interpolate_pos_encoding": True}
-        return {}
+        return interpolation_kwargs(self.encoder, self.config.encoder_input_size)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then the encoder frozen and in eval mode (loading re-creates the
+        parameters with `requires_grad=True`; a trainable encoder would enter the optimizer, the EMA and DDP)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_encoder()
+        return loaded
+
+    def freeze_encoder(self) -> None:
+        """No gradients for the encoder and eval mode (also kept by `train()`)."""
+        self.encoder.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> RAEModel:
         super().train(mode)
@@ -299,11 +299,12 @@ class RAEModel(RAEPreTrainedModel):
         """Raw patch tokens `[B, L, C]` of the frozen encoder; CLS/register tokens (the leading ones) dropped."""
         inputs = self.preprocess(pixel_values)
         kwargs = dict(self._encoder_kwargs)
-        if self.config.encoder_config.model_type == "vit_mae":
-            # identity order: argsort of an increasing "noise" keeps every token in place (mask_ratio is 0)
-            num_patches = (self.config.encoder_input_size // self.config.encoder_patch_size) ** 2
-            kwargs["noise"] = torch.arange(num_patches, device=inputs.device).expand(inputs.shape[0], -1).float()
+        if self.config.encoder_config.model_type == "vit_mae":  # identity order (mask_ratio is 0)
+            kwargs["noise"] = mae_identity_noise(inputs, self.config.encoder_patch_size)
         tokens = self.encoder(pixel_values=inputs, **kwargs).last_hidden_state
+        layout = TOKEN_LAYOUTS.get(self.config.encoder_config.model_type)
+        if layout is not None and not layout.normed_last_hidden_state:  # CLIP: the final norm comes after
+            tokens = getattr(self.encoder, layout.final_norm)(tokens)
         num_patches = self.config.latent_grid_size**2
         if tokens.shape[1] < num_patches:
             raise ValueError(f"The encoder returned {tokens.shape[1]} tokens, fewer than the {num_patches} patches.")
@@ -343,11 +344,18 @@ class RAEModel(RAEPreTrainedModel):
         reconstruction = self.decoder(tokens) * self.image_std + self.image_mean
         return RAEDecoderOutput(reconstruction=reconstruction) if return_dict else (reconstruction,)
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool = True, **kwargs) -> RAEOutput | tuple:
-        """Reconstruct [0, 1] images; returns `RAEOutput(reconstruction, latents)`."""
-        latents = self.encode(pixel_values).latents
+    def forward(
+        self, pixel_values: torch.Tensor, return_dict: bool = True, return_encoder_tokens: bool = False, **kwargs
+    ) -> RAEOutput | tuple:
+        """Reconstruct [0, 1] images; returns `RAEOutput(reconstruction, latents)`. With `return_encoder_tokens`
+        it also holds the noise-free encoder tokens, so a trainer can decode them again without the encoder."""
+        tokens = self.encode_tokens(pixel_values)
+        latents = self.tokens_to_latents(self.add_noise(tokens))
         reconstruction = self.decode(latents).reconstruction
-        return RAEOutput(reconstruction=reconstruction, latents=latents) if return_dict else (reconstruction, latents)
+        if not return_dict:
+            return (reconstruction, latents)
+        encoder_tokens = tokens if return_encoder_tokens else None
+        return RAEOutput(reconstruction=reconstruction, latents=latents, encoder_tokens=encoder_tokens)
 
     # ----- latent statistics ------------------------------------------------------------------------------------
     @torch.no_grad()

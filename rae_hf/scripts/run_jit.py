@@ -1,0 +1,279 @@
+"""Train or evaluate JiT (pixel diffusion with a plain ViT) on images or on text rendered as pixels.
+
+    python run_jit.py recipes/jit/quickstart.yaml                # CPU, offline, minutes: sample grid + model
+    python run_jit.py recipes/jit/text_quickstart.yaml           # the text-as-pixels task, same
+    accelerate launch run_jit.py recipes/jit/imagenet256_b16.yaml
+    python run_jit.py --model_name_or_path runs/jit --do_eval --do_train false --fid_reference_stats in256.npz \
+        --guidance_scales 1.0 2.0 3.0 --output_dir runs/jit-eval   # FID/IS, one row per CFG scale
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import datasets
+import torch
+from accelerate import Accelerator
+from PIL import Image
+from torchvision.transforms import v2
+from transformers import set_seed
+
+from rae_hf.callbacks.jit_samples import jit_sample_fn
+from rae_hf.callbacks.jit_text import TextRecoveryCallback
+from rae_hf.cli import parse_args, resolve_resume_checkpoint, save_run_config, setup_logging
+from rae_hf.data import DataArguments, ImageCollator, load_image_splits, with_image_transform
+from rae_hf.evaluation import compute_reference_statistics, evaluate_generation
+from rae_hf.models.jit import JiTConfig, JiTModel
+from rae_hf.text_pixels import TextPixelCodec, load_text_splits, make_quickstart_texts, with_text_pixels
+from rae_hf.tools.quickstart_assets import ensure_image_folders
+from rae_hf.trainers.checkpoints import check_output_dir
+from rae_hf.trainers.jit_config import JiTTrainingArguments
+from rae_hf.trainers.jit_trainer import JiTTrainer
+
+TASKS = ("image", "text")
+SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "bottleneck_dim", "in_context_start")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A saved JiT (folder or hub id) to continue training or to evaluate."}
+    )
+    official_checkpoint: str | None = field(
+        default=None, metadata={"help": "Start from an official JiT .pth (its model_ema1 weights; converted)."}
+    )
+    model_preset: str = field(default="JiT-B/16", metadata={"help": "JiT-<B|L|H|G>/<patch> for a new model."})
+    num_classes: int | None = field(
+        default=None, metadata={"help": "Classes (default: the dataset's label count; 0 = unconditional)."}
+    )
+    hidden_size: int | None = field(default=None, metadata={"help": "Custom width (overrides the preset)."})
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "Custom depth."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "Custom heads."})
+    bottleneck_dim: int | None = field(default=None, metadata={"help": "Custom patch-embedding bottleneck."})
+    in_context_start: int | None = field(default=None, metadata={"help": "Custom first block with class tokens."})
+    dropout: float | None = field(default=None, metadata={"help": "Middle-block dropout (preset: 0.2 H/G, 0 B/L)."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, or eager (official fp32 softmax)."})
+
+
+@dataclass
+class TaskArguments:
+    task: str = field(default="image", metadata={"help": "image (class-conditional pixels) or text (text-as-pixels)."})
+    quickstart_data: str | None = field(
+        default=None, metadata={"help": "Make the quickstart's synthetic images/texts in this folder on first use."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Text task: the column holding the texts."})
+    label_column: str | None = field(
+        default=None, metadata={"help": "Text task: an integer column used as the class (default: unconditional)."}
+    )
+    text_validation_file: str | None = field(default=None, metadata={"help": "Text task: held-out .txt/.jsonl."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Text task: HF tokenizer (default: bytes)."})
+    codeword_scheme: str = field(default="bits", metadata={"help": "Text task: bits (robust) or flat (seed)."})
+    hflip: bool = field(default=True, metadata={"help": "Image task: random horizontal flips (paper: yes)."})
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"--task {self.task!r} must be one of {TASKS}.")
+
+
+@dataclass
+class EvaluationArguments:
+    num_eval_samples: int = field(default=50000, metadata={"help": "--do_eval: images (class-balanced; paper 50k)."})
+    guidance_scales: list[float] | None = field(
+        default=None, metadata={"help": "--do_eval: one FID/IS row per CFG scale (default: --guidance_scale)."}
+    )
+    save_samples: bool = field(default=False, metadata={"help": "--do_eval: write PNGs and an ADM .npz per scale."})
+    compute_fid_stats: str | None = field(
+        default=None, metadata={"help": "Save the Inception statistics of the validation split to this .npz, exit."}
+    )
+
+
+class ADMImageTransform:
+    """ADM center crop (halve with a box filter while the short side >= 2 x size, bicubic to size, center crop),
+    optional horizontal flip (p 0.5, torch RNG), to a `[3, size, size]` tensor in [0, 1]."""
+
+    def __init__(self, size: int, hflip: bool):
+        self.size = size
+        self.flip = v2.RandomHorizontalFlip() if hflip else None
+        self.to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        while min(image.size) >= 2 * self.size:
+            image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
+        scale = self.size / min(image.size)
+        image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC)
+        left, top = (image.size[0] - self.size) // 2, (image.size[1] - self.size) // 2
+        tensor = self.to_tensor(image.crop((left, top, left + self.size, top + self.size)))
+        return self.flip(tensor) if self.flip is not None else tensor
+
+
+def build_model(args: ModelArguments, num_classes: int, image_size: int | None) -> JiTModel:
+    """A saved JiT, an official checkpoint, or a new model from the preset (explicit sizes win)."""
+    if args.model_name_or_path:
+        model = JiTModel.from_pretrained(args.model_name_or_path)
+    elif args.official_checkpoint:
+        from rae_hf.convert.jit import convert_jit_checkpoint
+
+        model = convert_jit_checkpoint(args.official_checkpoint)
+    else:
+        overrides = {name: getattr(args, name) for name in (*SIZE_FIELDS, "dropout")} | {"image_size": image_size}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        model = JiTModel(JiTConfig.from_preset(args.model_preset, num_classes=num_classes, **overrides))
+    if args.attn_implementation not in ("sdpa", "eager"):
+        raise ValueError(f"--attn_implementation {args.attn_implementation!r} must be sdpa or eager.")
+    model.config._attn_implementation = args.attn_implementation  # read by JiTAttention at each forward
+    return model
+
+
+def _label_count(split) -> int:
+    feature = (split.features or {}).get("label")
+    return int(getattr(feature, "num_classes", 0) or 0)
+
+
+def image_datasets(data_args, task_args, image_size: int, seed: int):
+    splits = load_image_splits(data_args, seed=seed)
+    column = data_args.image_column_name
+    keep = ["label"] if "label" in (splits["train"].column_names or []) else []
+    train = with_image_transform(splits["train"], ADMImageTransform(image_size, task_args.hflip), column, keep)
+    validation = with_image_transform(splits["validation"], ADMImageTransform(image_size, False), column)
+    return train, validation, _label_count(splits["train"]) if keep else 0
+
+
+def first_texts(split, count: int, column: str) -> list[str]:
+    """The first `count` texts of a split (streamed or not)."""
+    if isinstance(split, datasets.IterableDataset):
+        return [example[column] or "" for example in split.take(count)]
+    return [text or "" for text in split.select(range(min(count, len(split))))[column]]
+
+
+def run_generation_eval(model, eval_args, training_args, logger) -> list[dict]:
+    """FID/IS of `num_eval_samples` class-balanced samples per CFG scale; `eval_results.json` (one row each)."""
+    accelerator = Accelerator(cpu=training_args.use_cpu)
+    model.to(accelerator.device).eval()
+    conditional = model.config.num_classes > 0 and not training_args.unconditional
+    rows = []
+    for scale in eval_args.guidance_scales or [training_args.guidance_scale]:
+        sample_fn = jit_sample_fn(
+            model,
+            training_args.sample_steps,
+            training_args.sampler,
+            scale,
+            tuple(training_args.guidance_interval),
+            training_args.seed + accelerator.process_index,
+            torch.bfloat16 if training_args.bf16 else None,
+        )
+        save_dir = os.path.join(training_args.output_dir, f"samples_cfg{scale:g}") if eval_args.save_samples else None
+        result = evaluate_generation(
+            sample_fn,
+            eval_args.num_eval_samples,
+            training_args.per_device_eval_batch_size,
+            accelerator=accelerator,
+            reference=training_args.fid_reference_stats,
+            num_classes=model.config.num_classes if conditional else None,
+            inception_weights=training_args.inception_weights,
+            save_dir=save_dir,
+            inception_score_splits=min(10, eval_args.num_eval_samples),
+        )
+        rows.append({"guidance_scale": scale, **result})
+        logger.info("CFG %.2f: %s", scale, result)
+    if accelerator.is_main_process:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, "eval_results.json"), "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    model_args, task_args, data_args, eval_args, training_args = parse_args(
+        (ModelArguments, TaskArguments, DataArguments, EvaluationArguments, JiTTrainingArguments), argv
+    )
+    logger = setup_logging(training_args)
+    set_seed(training_args.seed)
+    if task_args.quickstart_data:
+        with training_args.main_process_first(desc="quickstart data"):
+            if task_args.task == "text":
+                make_quickstart_texts(task_args.quickstart_data)
+            else:
+                ensure_image_folders(task_args.quickstart_data, image_size=data_args.image_size or 64)
+            if training_args.inception_weights and not os.path.isfile(training_args.inception_weights):
+                from rae_hf.metrics import save_random_inception_weights  # pipeline check only: random Inception
+
+                save_random_inception_weights(training_args.inception_weights)
+
+    codec = None
+    if task_args.task == "text":
+        if model_args.model_name_or_path:  # the codec follows the saved model's geometry
+            config = JiTConfig.from_pretrained(model_args.model_name_or_path)
+        else:
+            config = JiTConfig.from_preset(model_args.model_preset, image_size=data_args.image_size)
+        tokenizer = None
+        if task_args.tokenizer_name:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(task_args.tokenizer_name)
+        codec = TextPixelCodec(
+            config.image_size, config.patch_size, scheme=task_args.codeword_scheme, tokenizer=tokenizer
+        )
+        splits = load_text_splits(data_args, task_args.text_validation_file, training_args.seed, task_args.text_column)
+        train = with_text_pixels(splits["train"], codec, task_args.text_column, task_args.label_column)
+        validation = with_text_pixels(splits["validation"], codec, task_args.text_column, task_args.label_column)
+        num_classes = 0 if task_args.label_column is None else _label_count(splits["train"])
+    else:
+        preset = JiTConfig.from_preset(model_args.model_preset, image_size=data_args.image_size)
+        train, validation, num_classes = image_datasets(data_args, task_args, preset.image_size, training_args.seed)
+    if model_args.num_classes is not None:
+        num_classes = model_args.num_classes
+    model = build_model(model_args, num_classes, data_args.image_size)
+    collator = ImageCollator(max_bad_image_fraction=data_args.max_bad_image_fraction)
+
+    if eval_args.compute_fid_stats:
+        accelerator = Accelerator(cpu=training_args.use_cpu)
+        count = compute_reference_statistics(
+            validation,
+            collator,
+            accelerator,
+            eval_args.compute_fid_stats,
+            batch_size=training_args.per_device_eval_batch_size,
+            inception_weights=training_args.inception_weights,
+        )
+        logger.info("Saved the Inception statistics of %d images to %s", count, eval_args.compute_fid_stats)
+        return
+    if training_args.do_eval and not training_args.do_train:
+        run_generation_eval(model, eval_args, training_args, logger)
+        return
+
+    resume = resolve_resume_checkpoint(training_args)
+    if training_args.should_save:  # before anything is written: never mix a new run into a finished one
+        check_output_dir(training_args.output_dir, resume is not None, training_args.overwrite_output_dir)
+    trainer = JiTTrainer(
+        model=model, args=training_args, train_dataset=train, eval_dataset=validation, data_collator=collator
+    )
+    if codec is not None:
+        train_texts = [t or "" for t in splits["train"][: training_args.text_metrics_samples][task_args.text_column]]
+        eval_texts = [
+            t or "" for t in splits["validation"][: training_args.text_metrics_samples][task_args.text_column]
+        ]
+        trainer.add_callback(
+            TextRecoveryCallback(
+                trainer, codec, train_texts, eval_texts, training_args.text_metrics_steps, trainer.ema1
+            )
+        )
+    if training_args.should_save:
+        save_run_config(training_args.output_dir, model_args, task_args, data_args, eval_args, training_args)
+
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()  # the first EMA (applied at the end of training)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    dataset = data_args.dataset_name or data_args.train_dir
+    trainer.create_model_card(dataset=dataset)
+    if training_args.do_eval:
+        run_generation_eval(trainer.model, eval_args, training_args, logger)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset=dataset)
+
+
+if __name__ == "__main__":
+    main()

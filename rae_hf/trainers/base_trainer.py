@@ -1,0 +1,406 @@
+"""`BaseTrainer`: what every rae_hf trainer adds to `transformers.Trainer`.
+
+- Metrics: `record_metrics(...)` keeps detached tensors on the device; they are averaged over steps and processes
+  only when Trainer logs (no per-step host sync). `record_images(...)` gives images/s and skipped-image totals.
+- Non-finite losses: a device flag (and the first bad step) is updated every optimizer step without a sync; it is
+  read before every checkpoint, at each log and at the end, so non-finite weights are never saved or published and
+  the error names the first bad step and the last finite checkpoint.
+- Extra checkpoint state: `register_state(name, obj)` (EMAs, a discriminator, a DINO centre, pruning masks...) is
+  saved into every checkpoint as `<name>.safetensors` (a flat dict of tensors) or `<name>.pt` (anything else,
+  loaded with `weights_only=True`) and restored on resume.
+- Checkpoints are written into a staging folder and renamed into place with a completeness marker; `last` means the
+  newest complete one; a resume lacking optimizer/scheduler/RNG/extra state is refused (`--allow_partial_resume`).
+- Exact resume at any step: training data augmentations depend on (seed, epoch, index) only (`data.seeded`).
+- SIGTERM/SIGINT: a checkpoint is saved after the current step and the run stops (`--save_on_signal`).
+- A new run never writes over a finished one in `output_dir` (`--overwrite_output_dir` to replace it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import safetensors.torch
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
+
+from ..callbacks import CSVLoggerCallback, EMACallback, TorchProfilerCallback
+from ..data.collate import is_empty_batch
+from ..data.images import BadImageError
+from ..data.seeded import seeded_augmentations
+from ..hub import write_model_card
+from .checkpoints import (
+    check_output_dir,
+    explain_save_failure,
+    last_complete_checkpoint,
+    missing_resume_files,
+    write_complete_marker,
+)
+
+logger = logging.getLogger(__name__)
+STAGING_DIR = ".staging"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a loss became NaN or infinite: nothing from that step on is saved."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after a SIGTERM/SIGINT stopped training (a checkpoint of the last finished step was saved)."""
+
+
+class _SignalCallback(TrainerCallback):
+    """Turns SIGTERM/SIGINT into "save a checkpoint after this step, then stop" (main thread only)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # a second signal: stop at once
+            raise KeyboardInterrupt(f"signal {signum}")
+        self.received = signum
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.received = None
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread: leave the handlers alone
+            self._previous.clear()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+class StateHandle:
+    """Adapts a pair of functions to the `state_dict`/`load_state_dict` protocol of `register_state`."""
+
+    def __init__(self, get: Callable[[], Any], set: Callable[[Any], Any]):
+        self.state_dict, self.load_state_dict = get, set
+
+
+class BaseTrainer(Trainer):
+    """Base `Trainer` of the library (see the module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_dataset = seeded_augmentations(self.train_dataset, self.args.data_seed or self.args.seed)
+        self._states: dict[str, Any] = {}
+        self._metric_sums: dict[str, torch.Tensor] = {}
+        self._metric_counts: dict[str, int] = {}
+        self._images_since_log = 0
+        self._last_log_time: float | None = None
+        self._skipped_images: torch.Tensor | None = None
+        self._nonfinite_step: torch.Tensor | None = None  # first optimizer step with a non-finite loss, -1: none
+        self._staging = False
+        self._signal = _SignalCallback()
+        if getattr(self.args, "save_on_signal", True):
+            self.add_callback(self._signal)
+        if getattr(self.args, "log_csv", False):
+            self.add_callback(CSVLoggerCallback(self.args.output_dir))
+        if getattr(self.args, "profile_steps", 0) > 0:
+            self.add_callback(TorchProfilerCallback(self.args.output_dir, active=self.args.profile_steps))
+
+    # ----- extra state ------------------------------------------------------------------------------------------
+    def register_state(self, name: str, obj: Any) -> None:
+        """Save `obj.state_dict()` in every checkpoint as `<name>.safetensors|.pt` and restore it on resume."""
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"State name {name!r} must be letters, digits, '_' or '-'.")
+        if name in self._states and self._states[name] is not obj:
+            raise ValueError(f"A state named {name!r} is already registered.")
+        self._states[name] = obj
+
+    def add_ema(self, ema: EMACallback) -> EMACallback:
+        """Add an `EMACallback` and checkpoint it under its name (several EMAs may run at once)."""
+        self.callback_handler.callbacks.append(ema)  # add_callback would warn about a second EMACallback
+        self.register_state(ema.name, ema)
+        return ema
+
+    @staticmethod
+    def _is_tensor_dict(state: Any) -> bool:
+        return isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+
+    def _save_states(self, output_dir: str) -> None:
+        for name, obj in self._states.items():
+            state = obj.state_dict()
+            if self._is_tensor_dict(state):
+                tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+                safetensors.torch.save_file(tensors, os.path.join(output_dir, f"{name}.safetensors"))
+            else:
+                torch.save(state, os.path.join(output_dir, f"{name}.pt"))
+
+    def _load_states(self, checkpoint: str) -> None:
+        for name, obj in self._states.items():
+            tensors, pickle = (os.path.join(checkpoint, f"{name}.{ext}") for ext in ("safetensors", "pt"))
+            if os.path.isfile(tensors):
+                obj.load_state_dict(safetensors.torch.load_file(tensors))
+            elif os.path.isfile(pickle):
+                obj.load_state_dict(load_torch_state(pickle))
+            else:
+                raise FileNotFoundError(f"{tensors} is missing: the checkpoint cannot restore {name!r}.")
+
+    # ----- metrics ----------------------------------------------------------------------------------------------
+    def record_metrics(self, **values: torch.Tensor | float) -> None:
+        """Add one observation per metric (tensors stay on the device until the next log)."""
+        for name, value in values.items():
+            value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            if name in self._metric_sums:
+                self._metric_sums[name] += value.to(self._metric_sums[name].device)
+            else:
+                self._metric_sums[name] = value.clone()
+            self._metric_counts[name] = self._metric_counts.get(name, 0) + 1
+
+    def record_images(self, count: int, skipped: torch.Tensor | None = None) -> None:
+        """Count images processed on this process (for images/s) and undecodable ones the collator dropped."""
+        self._images_since_log += count
+        if skipped is not None:
+            skipped = skipped.detach().sum()
+            self._skipped_images = skipped if self._skipped_images is None else self._skipped_images + skipped
+
+    def _drain_metrics(self) -> dict[str, float]:
+        if not self._metric_sums:
+            return {}
+        names = sorted(self._metric_sums)
+        device = self.args.device
+        means = torch.stack([self._metric_sums[n].to(device) / self._metric_counts[n] for n in names])
+        means = self.accelerator.reduce(means, reduction="mean")
+        self._metric_sums.clear()
+        self._metric_counts.clear()
+        metrics = dict(zip(names, means.tolist(), strict=True))
+        if self._skipped_images is not None:  # running total over all processes since training started
+            total = self.accelerator.reduce(self._skipped_images.to(device).float(), reduction="sum")
+            metrics["skipped_images_total"] = int(total.item())
+        return metrics
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log (not the final summary or an evaluation)
+            logs.update(self._drain_metrics())
+            now = time.perf_counter()
+            if self._last_log_time is not None and now > self._last_log_time:
+                images = self._images_since_log * self.accelerator.num_processes
+                logs["images_per_second"] = images / (now - self._last_log_time)
+            self._last_log_time, self._images_since_log = now, 0
+            bad = {k: v for k, v in logs.items() if k.startswith("loss") and not math.isfinite(v)}
+            if bad:
+                super().log(logs, start_time)
+                raise NonFiniteLossError(self._nonfinite_message(f"Non-finite loss terms {bad}"))
+        super().log(logs, start_time)
+
+    def floating_point_ops(self, inputs) -> int:
+        """FLOP counting is off: Trainer's estimate is meant for text models and walks every parameter each step."""
+        return 0
+
+    # ----- non-finite detection ---------------------------------------------------------------------------------
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, epoch, *args, **kwargs) -> None:
+        """Once per optimizer step: fold the loss's finiteness into a device flag (no host sync)."""
+        step = torch.tensor(self.state.global_step, device=tr_loss.device)
+        if self._nonfinite_step is None or self._nonfinite_step.device != tr_loss.device:
+            self._nonfinite_step = torch.full((), -1, dtype=torch.long, device=tr_loss.device)
+        first = (self._nonfinite_step < 0) & ~torch.isfinite(tr_loss.detach()).all()
+        self._nonfinite_step = torch.where(first, step, self._nonfinite_step)
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, epoch, *args, **kwargs)
+
+    def first_nonfinite_step(self) -> int | None:
+        """The first optimizer step whose loss was not finite on any process (a host sync), or None."""
+        if self._nonfinite_step is None:
+            return None
+        flag = self._nonfinite_step.clone()
+        flag = torch.where(flag < 0, torch.full_like(flag, 2**62), flag)
+        step = (
+            -int(self.accelerator.reduce(-flag, reduction="max").item())  # accelerate has no "min" (it would sum)
+            if self.accelerator.num_processes > 1
+            else int(flag.item())
+        )
+        return None if step == 2**62 else step
+
+    def _nonfinite_message(self, what: str, step: int | None = None) -> str:
+        step = self.first_nonfinite_step() if step is None else step
+        last = last_complete_checkpoint(self.args.output_dir)
+        where = f"first at step {step}" if step is not None else f"at step {self.state.global_step}"
+        advice = (
+            f"The last finite checkpoint is {last}: resume from it with --resume_from_checkpoint {last}"
+            if last
+            else "No finite checkpoint was saved: restart"
+        )
+        return (
+            f"{what} ({where}). Nothing from that step on was saved. {advice} and a lower learning rate, bf16 "
+            "instead of fp16, or gradient clipping (--max_grad_norm)."
+        )
+
+    def _weights_finite(self) -> bool:
+        params = [p.detach() for p in self.accelerator.unwrap_model(self.model).parameters()]
+        if not params:
+            return True
+        finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
+        return bool(finite.item())
+
+    def check_finite(self) -> None:
+        """Raise `NonFiniteLossError` if a loss or a weight is not finite (called before every save)."""
+        step = self.first_nonfinite_step()
+        if step is not None:
+            raise NonFiniteLossError(self._nonfinite_message("Non-finite loss", step))
+        if not self._weights_finite():
+            raise NonFiniteLossError(self._nonfinite_message("Non-finite weights"))
+
+    # ----- checkpoints ------------------------------------------------------------------------------------------
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING_DIR) if self._staging else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write `checkpoint-N` in a staging folder, then rename it into place with a completeness marker."""
+        self.check_finite()
+        run_dir = super()._get_output_dir(trial)
+        name = f"checkpoint-{self.state.global_step}"
+        staged, final = os.path.join(run_dir, STAGING_DIR, name), os.path.join(run_dir, name)
+        if self.args.should_save and os.path.isdir(staged):
+            shutil.rmtree(staged)
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as error:
+            explained = explain_save_failure(error, staged)
+            if explained is not None:
+                raise explained from error
+            raise
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(staged, final)
+            write_complete_marker(final, self.state.global_step)
+            if self.state.best_model_checkpoint:
+                self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(staged, final)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            self._save_states(output_dir)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self._load_states(checkpoint)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model; a final (non-checkpoint) save refuses non-finite losses or weights."""
+        if not _internal_call:
+            self.check_finite()
+        super().save_model(output_dir, _internal_call)
+
+    # ----- exact resume -----------------------------------------------------------------------------------------
+    def _run_epoch(self, *args, **kwargs):
+        """Tell the seeded training data which epoch it serves (its augmentations depend on it)."""
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.train_dataset.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(*args, **kwargs)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Skip batches whose images were ALL undecodable (`ImageCollator` returns them empty while the bad-image
+        limit holds), counting their images as skipped. Several processes cannot skip one without falling out of step
+        in DDP's gradient all-reduce, so there it is an error naming the cause."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        empty = [batch for batch in batches if is_empty_batch(batch)]
+        if not empty:
+            return batches, num_items
+        if self.accelerator.num_processes > 1:
+            raise BadImageError(
+                "A batch held only undecodable images (see the warnings above); with several processes it cannot be "
+                "skipped: remove those files or use a larger batch."
+            )
+        for batch in empty:
+            self.record_images(0, skipped=batch.get("num_skipped"))
+        return [batch for batch in batches if not is_empty_batch(batch)], num_items
+
+    def resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        """`last`/`True` -> the newest complete checkpoint of output_dir; a path is checked for completeness."""
+        if resume_from_checkpoint in (None, False):
+            return None
+        if resume_from_checkpoint in (True, "last"):
+            checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                raise FileNotFoundError(
+                    f"--resume_from_checkpoint last: no checkpoint (complete checkpoint-*) in {self.args.output_dir}"
+                )
+            return checkpoint
+        if not os.path.isdir(resume_from_checkpoint):
+            raise FileNotFoundError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such folder.")
+        return resume_from_checkpoint
+
+    def _check_resume_files(self, checkpoint: str) -> None:
+        missing = missing_resume_files(checkpoint, list(self._states), self.accelerator.num_processes)
+        if not missing:
+            return
+        message = (
+            f"Checkpoint {checkpoint} lacks {missing}: resuming would restart the optimizer, the schedule or the "
+            "random state (or use a partly written folder), so the run would not continue exactly."
+        )
+        if not getattr(self.args, "allow_partial_resume", False):
+            raise FileNotFoundError(message + " Pass --allow_partial_resume true to resume anyway.")
+        logger.warning("%s Resuming anyway (--allow_partial_resume).", message)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
+        if self.args.should_save:
+            check_output_dir(
+                self.args.output_dir, checkpoint is not None, getattr(self.args, "overwrite_output_dir", False)
+            )
+        if checkpoint is not None:
+            self._check_resume_files(checkpoint)
+        result = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        if self._signal.received is not None:
+            raise TrainingInterrupted(
+                f"Stopped by signal {self._signal.received} at step {self.state.global_step}; the checkpoint "
+                f"{last_complete_checkpoint(self.args.output_dir)} holds it: resume with --resume_from_checkpoint last."
+            )
+        self.check_finite()
+        return result
+
+    # ----- model card -------------------------------------------------------------------------------------------
+    def model_card_text(self, dataset: str, metrics: dict) -> str | None:
+        """The model card of this trainer's model (override); None: Trainer's default card."""
+        return None
+
+    def create_model_card(self, dataset: str | None = None, **kwargs) -> None:
+        """Write the method's model card (with the last logged metrics) to `output_dir/README.md`."""
+        if not self.is_world_process_zero():
+            return
+        metrics: dict = {}
+        for entry in self.state.log_history:
+            metrics.update({k: v for k, v in entry.items() if k not in ("epoch", "step", "total_flos")})
+        card = self.model_card_text(dataset or "unknown", metrics)
+        if card is None:
+            super().create_model_card(dataset_name=dataset, **kwargs)
+        else:
+            write_model_card(self.args.output_dir, card)
+
+
+def load_torch_state(path: str) -> dict:
+    """Load a state dict saved with `torch.save`, refusing anything but tensors and plain containers."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing from the checkpoint.")
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -20,7 +20,7 @@ INSTALL_REQUIRES = [
     "tqdm",
     "tensorboard",
 ]
-EXTRAS = {"dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "build"]}
+EXTRAS = {"dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "scikit-learn"]}
 # Every script is also a console command of the installed package (no clone needed).
 CONSOLE_SCRIPTS = [
     "rae-hf-rae = rae_hf.scripts.run_rae:main",

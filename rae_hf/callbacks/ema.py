@@ -7,9 +7,15 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import TrainerCallback
 
 Decay = float | Callable[[int], float]
+
+
+def _full(value: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 shard (a collective), or the tensor itself."""
+    return value.full_tensor() if isinstance(value, DTensor) else value
 
 
 class EMACallback(TrainerCallback):
@@ -70,8 +76,11 @@ class EMACallback(TrainerCallback):
         elif self.shadow.keys() != params.keys():
             raise ValueError(f"EMA {self.name!r} state does not match the model's trainable parameters.")
         for name, p in params.items():
-            if self.shadow[name].device != p.device:
-                self.shadow[name] = self.shadow[name].to(p.device)
+            value = self.shadow[name]
+            if isinstance(p, DTensor) and not isinstance(value, DTensor):  # FSDP2: shard it like the parameter
+                self.shadow[name] = distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
+            elif value.device != p.device:
+                self.shadow[name] = value.to(p.device)
         return params
 
     @torch.no_grad()
@@ -122,9 +131,10 @@ class EMACallback(TrainerCallback):
 
     # ----- checkpoint state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """Full (unsharded) CPU tensors; with FSDP2-sharded weights this gathers, so call it on every process."""
         if self.shadow is None:
             raise RuntimeError(f"The EMA {self.name!r} has no state before training starts.")
-        return {name: value.detach().cpu().contiguous() for name, value in self.shadow.items()}
+        return {name: _full(value.detach()).cpu().contiguous() for name, value in self.shadow.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if self.target is not None:

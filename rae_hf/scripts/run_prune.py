@@ -17,6 +17,7 @@ import copy
 import logging
 import math
 import os
+import random
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import datasets
 import safetensors.torch
 import torch
+from PIL import Image, ImageDraw
 from torchvision.transforms import v2
 from transformers import AutoModelForImageClassification, set_seed
 
@@ -43,6 +45,7 @@ from rae_hf.prune import (
     shrink_model,
 )
 from rae_hf.prune.report import ROUND_FILES, append_round, read_rounds
+from rae_hf.tools.make_dummy_dataset import CLASS_NAMES, _draw_shape
 from rae_hf.trainers.checkpoints import last_complete_checkpoint
 from rae_hf.trainers.prune_config import PruneTrainingArguments
 from rae_hf.trainers.prune_trainer import PruneTrainer
@@ -50,7 +53,7 @@ from rae_hf.trainers.prune_trainer import PruneTrainer
 logger = logging.getLogger("rae_hf")
 
 # Short names of the seed's datasets -> hub dataset, columns and split layout (seed: CIFAR-10 45k/5k, CIFAR-100 test
-# set used for validation). `synthetic` generates the shape images of `rae_hf.tools.make_dummy_dataset` in memory.
+# set used for validation). `synthetic` generates shape images in memory (`synthetic_splits`).
 DATASET_ALIASES: dict[str, dict] = {
     "cifar10": dict(dataset_name="uoft-cs/cifar10", image_column_name="img", label_column_name="label",
                     validation_split_name="validation", validation_fraction=0.1),
@@ -85,6 +88,17 @@ class PruneModelArguments:
         metadata={"help": "Preset values to change, e.g. 'num_hidden_layers=4,hidden_size=128' (integers/floats)."},
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
+    torch_num_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU threads of torch's operators (torch.set_num_threads); unset: torch's default (OMP_NUM_THREADS "
+            "or the core count). 1 avoids oversubscription with small models on a small or shared CPU."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.torch_num_threads is not None and self.torch_num_threads < 1:
+            raise ValueError(f"torch_num_threads must be >= 1 (or unset), got {self.torch_num_threads}.")
 
 
 @dataclass
@@ -113,20 +127,32 @@ class PruneDataArguments(DataArguments):
 
 
 def synthetic_splits(args: PruneDataArguments, seed: int) -> datasets.DatasetDict:
-    """Train/validation splits of generated shape images (4 classes), images undecoded as `load_image_splits`."""
-    from rae_hf.tools.make_dummy_dataset import CLASS_NAMES, make_dummy_images
+    """Train/validation splits of generated shape images (4 classes), images undecoded as `load_image_splits`.
 
+    An easy but honest task for a ViT trained from scratch in a CPU minute: the class is the shape alone (circle,
+    square, triangle, cross: `rae_hf.tools.make_dummy_dataset`'s classes), filled in a random bright colour on a plain
+    random dark background, with random size (0.3-0.42 of the side) and position; classes balanced, the validation
+    images drawn from their own seed. (`make_dummy_dataset`'s shapes on colour gradients stay at chance there.)"""
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASS_NAMES))})
     splits = {}
     for offset, (name, size) in enumerate(
         (("train", args.synthetic_train_size), ("validation", args.synthetic_validation_size))
     ):
-        items = make_dummy_images(size, args.synthetic_image_size, seed * 2 + offset)
-        split = datasets.Dataset.from_dict(
-            {"image": [image for image, _ in items], "label": [label for _, label in items]}, features=features
-        )
+        rng = random.Random(seed * 2 + offset)
+        labels = [index % len(CLASS_NAMES) for index in range(size)]
+        images = [synthetic_image(rng, args.synthetic_image_size, CLASS_NAMES[label]) for label in labels]
+        split = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
         splits[name] = split.cast_column("image", datasets.Image(decode=False))
     return datasets.DatasetDict(splits)
+
+
+def synthetic_image(rng: random.Random, size: int, shape: str) -> Image.Image:
+    """One `size` x `size` image of `shape` (a `CLASS_NAMES` entry) for `synthetic_splits`."""
+    image = Image.new("RGB", (size, size), tuple(rng.randrange(96) for _ in range(3)))
+    radius = rng.uniform(0.3, 0.42) * size
+    center = (rng.uniform(radius, size - radius), rng.uniform(radius, size - radius))
+    _draw_shape(ImageDraw.Draw(image), shape, *center, radius, tuple(rng.randrange(160, 256) for _ in range(3)))
+    return image
 
 
 def image_transforms(image_size: int, mean: Sequence[float], std: Sequence[float]) -> tuple[v2.Compose, v2.Compose]:
@@ -365,6 +391,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         (PruneModelArguments, PruneDataArguments, PruneTrainingArguments), argv
     )
     setup_logging(training_args)
+    if model_args.torch_num_threads is not None:
+        torch.set_num_threads(model_args.torch_num_threads)
     if training_args.auto is not None:
         logger.info(
             "--auto %s is accepted for the seed launcher's users and ignored: nothing asks.", training_args.auto

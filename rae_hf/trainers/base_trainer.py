@@ -137,7 +137,9 @@ class BaseTrainer(Trainer):
 
     def _save_states(self, output_dir: str) -> None:
         for name, obj in self._states.items():
-            state = obj.state_dict()
+            state = obj.state_dict()  # on every process: gathering FSDP-sharded state is a collective
+            if not self.args.should_save:
+                continue
             if self._is_tensor_dict(state):
                 tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
                 safetensors.torch.save_file(tensors, os.path.join(output_dir, f"{name}.safetensors"))
@@ -298,8 +300,7 @@ class BaseTrainer(Trainer):
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
-        if self.args.should_save:
-            self._save_states(output_dir)
+        self._save_states(output_dir)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -12,6 +12,7 @@ import shutil
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 TRAINER_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+FSDP_OPTIMIZER = ("optimizer_0", "optimizer.bin")  # FSDP: sharded folder / full state, for optimizer.pt
 RUN_FILES = ("model.safetensors", "trainer_state.json", "logs.csv", "train_results.json")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -52,6 +53,8 @@ def missing_resume_files(checkpoint_dir: str, state_names: list[str], num_proces
     """Files a checkpoint must hold to resume exactly: Trainer's, the RNG state(s) and the registered extra states
     (`<name>.safetensors` or `<name>.pt`)."""
     missing = [name for name in TRAINER_FILES if not os.path.isfile(os.path.join(checkpoint_dir, name))]
+    if "optimizer.pt" in missing and any(os.path.exists(os.path.join(checkpoint_dir, n)) for n in FSDP_OPTIMIZER):
+        missing.remove("optimizer.pt")
     for name in state_names:
         if not any(os.path.isfile(os.path.join(checkpoint_dir, f"{name}.{ext}")) for ext in ("safetensors", "pt")):
             missing.append(f"{name}.safetensors")

@@ -12,8 +12,12 @@ Where things live:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..callbacks import EMACallback
@@ -33,6 +37,19 @@ class _WarmupThenConstant:
 
     def __call__(self, step: int) -> float:
         return 1.0 if step >= self.warmup_steps else step / self.warmup_steps
+
+
+@contextlib.contextmanager
+def _own_class(model: nn.Module) -> Iterator[None]:
+    """FSDP2 turns the model's class into a generated `FSDP<Name>` subclass; `save_pretrained` under it would write
+    torch's FSDP source files as the remote code and `auto_map` to them. Save with the model's own class."""
+    generated = type(model)
+    if isinstance(model, FSDPModule):
+        model.__class__ = next(c for c in generated.__mro__ if not issubclass(c, FSDPModule))
+    try:
+        yield
+    finally:
+        model.__class__ = generated
 
 
 class JiTTrainer(BaseTrainer):
@@ -137,6 +154,17 @@ class JiTTrainer(BaseTrainer):
         return (loss, None) if return_outputs else loss
 
     # ----- publishing -------------------------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """As `Trainer.save_model`; under FSDP a final save (not a checkpoint, which stays sharded for resume)
+        gathers the full weights so `output_dir` loads with `from_pretrained` (call it on every process)."""
+        if _internal_call or not self.is_fsdp_enabled:
+            return super().save_model(output_dir, _internal_call)
+        self.check_finite()
+        state_dict = self.accelerator.get_state_dict(self.model)  # collective
+        if self.args.should_save:
+            with _own_class(self.model):
+                self._save(output_dir or self.args.output_dir, state_dict=state_dict)
+
     def model_card_text(self, dataset: str, metrics: dict) -> str:
         model = self.accelerator.unwrap_model(self.model)
         config, args = model.config, self.args

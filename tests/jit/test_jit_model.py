@@ -181,3 +181,11 @@ def test_in_context_tokens_do_not_leak_into_output_shape():
         model = tiny_model(in_context_start=start)
         assert model(torch.randn(1, 3, 16, 16), 0.5).prediction.shape == (1, 3, 16, 16)
     assert TINY["num_in_context_tokens"] == 4
+
+
+def test_position_embedding_stays_frozen_after_from_pretrained(tmp_path):
+    """Before: `from_pretrained` returned `pos_embed.requires_grad == True`, so continued training updated it."""
+    tiny_model().save_pretrained(tmp_path)
+    loaded = JiTModel.from_pretrained(tmp_path)
+    assert not loaded.pos_embed.requires_grad
+    assert all(p.requires_grad for n, p in loaded.named_parameters() if n != "pos_embed")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForImageClassification
@@ -15,7 +17,7 @@ from rae_hf.cli import parse_args
 from rae_hf.models.vit import VIT_PRESETS
 from rae_hf.prune import MaskSet, RoundMasks, RSSTCallback, dense_masks, global_magnitude_masks, refill_masks
 from rae_hf.prune import unit_groups as groups_of
-from rae_hf.scripts.run_prune import PruneDataArguments, PruneModelArguments, image_transforms
+from rae_hf.scripts.run_prune import PruneDataArguments, PruneModelArguments, image_transforms, synthetic_splits
 from rae_hf.trainers.prune_config import PruneTrainingArguments
 from rae_hf.trainers.prune_trainer import PruneTrainer
 
@@ -121,3 +123,41 @@ def test_dataset_aliases_and_cifar_transforms():
     image = Image.new("RGB", (32, 32), (255, 0, 0))
     assert train(image).shape == evaluation(image).shape == (3, 32, 32)
     assert torch.allclose(evaluation(image)[0], torch.ones(32, 32))  # (1 - 0.5) / 0.5
+
+
+def test_synthetic_splits_are_balanced_deterministic_and_plain():
+    args = PruneDataArguments(
+        dataset_name="synthetic", synthetic_train_size=12, synthetic_validation_size=8, synthetic_image_size=16
+    )
+    splits = synthetic_splits(args, seed=3)
+    assert splits["train"]["label"] == [0, 1, 2, 3] * 3 and splits["validation"]["label"] == [0, 1, 2, 3] * 2
+    again = synthetic_splits(args, seed=3)
+    assert [x["bytes"] for x in again["train"]["image"]] == [x["bytes"] for x in splits["train"]["image"]]
+    assert not {x["bytes"] for x in splits["train"]["image"]} & {x["bytes"] for x in splits["validation"]["image"]}
+    for item in splits["train"].cast_column("image", datasets.Image()):
+        pixels = np.asarray(item["image"]).reshape(-1, 3)
+        colours, counts = np.unique(pixels, axis=0, return_counts=True)
+        assert len(colours) == 2  # a plain dark background and one bright shape
+        dark, bright = colours[:, 0] < 96, colours[:, 0] >= 160  # background channels < 96, shape's >= 160
+        assert colours[dark].max() < 96 and colours[bright].min() >= 160 and dark.sum() == bright.sum() == 1
+        assert 0.15 < counts[bright].item() / pixels.shape[0] < 0.8  # the shape covers a large part of the image
+
+
+def test_torch_num_threads_is_validated():
+    with pytest.raises(ValueError, match="torch_num_threads"):
+        PruneModelArguments(torch_num_threads=0)
+
+
+@pytest.mark.slow
+def test_quickstart_learns_and_the_pruned_round_stays_close(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        rows = run_prune.main([str(ROOT / "recipes" / "prune" / "quickstart.yaml"), "--output_dir", str(tmp_path),
+                               "--disable_tqdm", "true"])  # fmt: skip
+        assert torch.get_num_threads() == 1  # the recipe's torch_num_threads
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["round"] for r in rows] == [0, 1]
+    assert rows[0]["eval_top1"] >= 0.85  # chance: 0.25 (measured 0.98)
+    assert rows[1]["eval_top1"] >= 0.8 and rows[1]["weight_sparsity"] > 0.2  # measured 0.95 at 27.7 % sparsity
+    assert rows[1]["params_shrunk"] < rows[0]["params_shrunk"]

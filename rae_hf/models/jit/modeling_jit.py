@@ -269,6 +269,18 @@ class JiTModel(JiTPreTrainedModel):
         self.final_layer = JiTFinalLayer(config)
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with the fixed sin-cos position embedding frozen again (loading
+        re-creates parameters with `requires_grad=True`: it would enter the optimizer and the EMAs)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).pos_embed.requires_grad_(False)
+        return loaded
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding (Accelerate's FSDP2 wrapping asks for it and shards it as its own unit)."""
+        return self.x_embedder
+
     def rope(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE tables of the image tokens (recomputed: no buffers, as in the official checkpoints)."""
         head_dim = self.config.hidden_size // self.config.num_attention_heads

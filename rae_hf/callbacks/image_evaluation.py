@@ -138,6 +138,10 @@ class ImageEvaluationCallback(TrainerCallback):
             grid = self.grid_fn(model)
         if grid is None:
             return None
+        return self.save_grid(grid, step)
+
+    def save_grid(self, grid: torch.Tensor, step: int) -> str:
+        """Write `grid` to `<output_dir>/samples/step_<N>.png` and send it to W&B / TensorBoard (main process)."""
         folder = os.path.join(self.trainer.args.output_dir, "samples")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"step_{step:07d}.png")

@@ -9,12 +9,12 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 from transformers import Trainer, TrainerCallback
 
 from ..evaluation import SampleFn, evaluate_generation
 from .ema import EMACallback
-from .image_evaluation import ImageEvaluationCallback, report_image
+from .image_evaluation import ImageEvaluationCallback
 
 __all__ = ["BestLossCallback", "JiTSamplesCallback", "jit_sample_fn"]
 
@@ -113,12 +113,7 @@ class JiTSamplesCallback(ImageEvaluationCallback):
             grid = self.grid_fn(model)
         if not self.trainer.is_world_process_zero():
             return None
-        folder = os.path.join(self.trainer.args.output_dir, "samples")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"step_{step:07d}.png")
-        save_image(grid, path)
-        report_image(self.trainer, self.grid_name, grid, step)
-        return path
+        return self.save_grid(grid, step)
 
     def _grid(self, model: nn.Module) -> torch.Tensor:
         count = self.trainer.args.num_grid_samples

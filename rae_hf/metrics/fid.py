@@ -53,6 +53,7 @@ def save_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> str
         for module in network.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.save(network.state_dict(), path)
     return str(path)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from ..callbacks import CSVLoggerCallback, EMACallback, TorchProfilerCallback
@@ -297,6 +297,20 @@ class BaseTrainer(Trainer):
                 use_mtime=False,
             )
         self.accelerator.wait_for_everyone()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Weights through the model's own `from_pretrained`, which maps the names `save_pretrained` wrote back to
+        the module's (transformers 5 saves e.g. DINOv2's attention under legacy names, which Trainer's raw
+        `load_state_dict` would silently miss). Keys absent from the checkpoint (RAE's frozen encoder) are left as
+        they are."""
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        weights = os.path.join(resume_from_checkpoint, "model.safetensors")
+        if self.is_fsdp_enabled or not isinstance(target, PreTrainedModel) or not os.path.isfile(weights):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        loaded, info = type(target).from_pretrained(resume_from_checkpoint, output_loading_info=True)
+        missing = set(info["missing_keys"])
+        state = {k: v for k, v in loaded.state_dict().items() if k not in missing}
+        self._issue_warnings_after_load(target.load_state_dict(state, strict=False))
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)

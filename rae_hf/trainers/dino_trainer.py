@@ -245,13 +245,6 @@ class DinoTrainer(BaseTrainer):
             )
         super().log(logs, start_time)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """Weights through `from_pretrained`, which maps the backbone's saved (legacy) key names back; Trainer's raw
-        `load_state_dict` would miss them (transformers 5 renames DINOv2's attention weights on save)."""
-        target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        loaded = type(target).from_pretrained(resume_from_checkpoint)
-        target.load_state_dict(loaded.state_dict())
-
     def model_card_text(self, dataset: str, metrics: dict) -> str:
         backbone = self.model.config.backbone_config
         size = (

@@ -16,6 +16,7 @@ import safetensors.torch
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+from transformers import Dinov2Config, Dinov2Model, PreTrainedModel
 
 from rae_hf.callbacks import EMACallback
 from rae_hf.trainers.base_config import BaseTrainingArguments
@@ -297,3 +298,49 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
     assert checkpoint.endswith(f"checkpoint-{state['global_step']}")
     assert result.returncode != -signal.SIGTERM  # the trainer's handler ran: the signal did not kill the process
+
+
+class TinyDinoRegressor(PreTrainedModel):
+    """A trainable DINOv2 inside a PreTrainedModel: transformers 5 saves its attention under legacy key names."""
+
+    config_class = Dinov2Config
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.backbone = Dinov2Model(config)
+        self.head = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, x, y):
+        features = self.backbone(pixel_values=x).pooler_output
+        return {"loss": nn.functional.mse_loss(self.head(features).squeeze(-1), y)}
+
+
+class TinyImages(Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index):
+        generator = torch.Generator().manual_seed(index)
+        return {"x": torch.rand(3, 16, 16, generator=generator), "y": torch.tensor(float(index % 2))}
+
+
+def test_resume_restores_weights_saved_under_legacy_names(tmp_path):
+    """Before: Trainer's raw load missed DINOv2's renamed attention weights, so a resume went on from the fresh
+    init of those layers (fine-tuning an encoder, probe `--mode full`, DINO pretraining)."""
+    config = Dinov2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8
+    )
+
+    def trainer(out):
+        torch.manual_seed(0)
+        return BaseTrainer(
+            model=TinyDinoRegressor(config), args=make_args(out, max_steps=4, save_steps=2), train_dataset=TinyImages()
+        )
+
+    full = trainer(tmp_path / "full")
+    full.train()
+    resumed = trainer(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+    expected, actual = full.model.state_dict(), resumed.model.state_dict()
+    assert [k for k in expected if not torch.equal(expected[k], actual[k])] == []

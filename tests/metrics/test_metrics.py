@@ -333,3 +333,9 @@ def test_two_processes_with_uneven_shards_match_one_process(tmp_path):
             per_rank.append(batch["arr_0"].astype(int))
     with np.load(tmp_path / "single" / "reconstructions_rank0.npz") as batch:
         np.testing.assert_allclose(np.concatenate(per_rank), batch["arr_0"].astype(int), atol=1)
+
+
+def test_random_inception_weights_create_their_folder(tmp_path):
+    """The JiT quickstart writes them into a folder no earlier run made (fresh clone)."""
+    path = save_random_inception_weights(tmp_path / "not" / "yet" / "inception.pth")
+    assert os.path.getsize(path) > 0

@@ -28,7 +28,7 @@ CONSOLE_SCRIPTS = [
     "rae-hf-jit = rae_hf.scripts.run_jit:main",
     "rae-hf-dino-pretrain = rae_hf.scripts.run_dino_pretrain:main",
     "rae-hf-prune = rae_hf.scripts.run_prune:main",
-    "rae-hf-convert = rae_hf.convert.__main__:main",
+    "rae-hf-convert = rae_hf.convert:main",
 ]
 
 setup(

@@ -112,12 +112,15 @@ class ModelTesterMixin:
         return {k: v.detach().clone() for k, v in self.output_tensors(model(**self.get_inputs(seed))).items()}
 
     @staticmethod
-    def _assert_equal(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
+    def _assert_equal(
+        actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str, atol: float = 0.0
+    ) -> None:
+        """Bitwise equal (`atol=0`), or within `atol` where the computation legitimately differs (another process
+        with another thread count sums in another order)."""
         assert actual.keys() == expected.keys(), f"{what}: outputs {sorted(actual)} vs {sorted(expected)}"
         for name, value in expected.items():
-            assert torch.equal(actual[name], value), (
-                f"{what}: {name} differs (max {_max_difference(actual[name], value)})"
-            )
+            same = torch.equal(actual[name], value) if atol == 0 else torch.allclose(actual[name], value, 0, atol)
+            assert same, f"{what}: {name} differs (max {_max_difference(actual[name], value)})"
 
     # ----- tests ------------------------------------------------------------------------------------------------
     def test_save_load_round_trip(self, tmp_path):
@@ -179,7 +182,8 @@ class ModelTesterMixin:
             module = handle.metadata()["module"]
         assert module.startswith("transformers_modules"), module
         actual = load_file(tmp_path / "outputs.safetensors")
-        self._assert_equal(actual, {k: v for k, v in expected.items() if k in actual}, "remote code")
+        # the subprocess runs with 1 thread, this one maybe with more: reductions may round differently
+        self._assert_equal(actual, {k: v for k, v in expected.items() if k in actual}, "remote code", atol=1e-5)
         assert actual, "the remote-code model returned no tensors"
 
     def test_gradient_checkpointing_same_gradients(self, monkeypatch):

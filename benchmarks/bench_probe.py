@@ -36,6 +36,7 @@ import datasets
 import torch
 import transformers
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from rae_hf.probe import (
     CachedFeatureSource,
@@ -55,8 +56,9 @@ from rae_hf.probe.data import labeled_split, probe_eval_transform
 from rae_hf.probe.features import feature_loader
 from rae_hf.tools.make_dummy_dataset import CLASS_NAMES, make_dummy_images
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
+IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)
+
 # name -> (DINOv2-with-registers config kwargs, input size)
 ENCODERS = {
     "tiny": (dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=256, patch_size=8), 64),

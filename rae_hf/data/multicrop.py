@@ -29,9 +29,13 @@ from typing import Any
 import torch
 from PIL import Image, ImageFilter
 from torchvision.transforms import v2
+from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from rae_hf.data.collate import ImageCollator, _collate_values
 from rae_hf.data.images import BadImageError
+
+IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
+IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)
 
 __all__ = [
     "MULTICROP_PRESETS",
@@ -44,8 +48,6 @@ __all__ = [
     "preset_for_method",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 BLUR_KINDS = ("kernel", "pil")

@@ -13,11 +13,10 @@ import os
 
 import torch
 from transformers import BitImageProcessor, Dinov2WithRegistersConfig, Dinov2WithRegistersModel, ViTConfig, ViTModel
+from transformers.utils.constants import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from transformers.utils.constants import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
 from rae_hf.metrics import save_random_inception_weights
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def make_tiny_encoder(

@@ -7,6 +7,10 @@ from ``rae_hf``: a pushed checkpoint loads with ``trust_remote_code=True`` where
 from __future__ import annotations
 
 from transformers import PreTrainedConfig
+from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
+IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)
 
 # The seed's six presets (models/vit.py, models/vit_imagenet.py); timm-style: head_dim 64, qkv bias, pre-norm.
 VIT_PRESETS: dict[str, dict] = {
@@ -23,9 +27,6 @@ VIT_PRESETS: dict[str, dict] = {
     "vit_large_imagenet": dict(image_size=224, patch_size=16, hidden_size=1024, num_hidden_layers=24,
                                num_attention_heads=16, intermediate_size=4096, num_labels=1000),
 }  # fmt: skip
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ViTVariantConfig(PreTrainedConfig):

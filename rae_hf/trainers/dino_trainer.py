@@ -26,7 +26,9 @@ from ..models.dino import DinoModel
 from .base_trainer import BaseTrainer
 from .dino_config import DinoTrainingArguments
 
-_BLOCK = re.compile(r"\.layers?\.(\d+)\.")
+_BLOCK = re.compile(r"\.(?:layers?|blocks)\.(\d+)\.")
+# Parameters before the first block: HF `embeddings.*`, timm-style (rae_hf ViT variants) tokens and patch embedding.
+_EMBEDDING_NAMES = ("cls_token", "pos_embed", "mask_token", "register_tokens", "patch_embed")
 
 
 def cosine_schedule(step: int, base: float, final: float, total: int, warmup: int = 0, start: float = 0.0) -> float:
@@ -49,7 +51,7 @@ def linear_warmup(step: int, start: float, end: float, warmup: int) -> float:
 def layer_id(name: str, num_layers: int) -> int:
     """Depth of a backbone parameter: 0 embeddings (patch, position, CLS/mask/register tokens), i + 1 block i,
     `num_layers + 1` the final norm."""
-    if name.startswith("embeddings."):
+    if name.startswith("embeddings.") or name.split(".")[0] in _EMBEDDING_NAMES:
         return 0
     match = _BLOCK.search("." + name)
     return int(match.group(1)) + 1 if match else num_layers + 1
@@ -71,7 +73,7 @@ def dino_param_groups(model: DinoModel, args: DinoTrainingArguments) -> list[dic
             lr_mult = 1.0
             if module_name == "backbone":
                 lr_mult = args.layerwise_decay ** (num_layers + 1 - layer_id(name, num_layers))
-                if "patch_embeddings" in name:
+                if "patch_embed" in name:
                     lr_mult *= args.patch_embed_lr_mult
             key = (lr_mult, 0.0 if no_weight_decay(name) else 1.0, "last_layer" in name)
             group = groups.setdefault(

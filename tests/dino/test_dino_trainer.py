@@ -63,6 +63,11 @@ def test_parameter_groups_layerwise_decay_and_no_decay() -> None:
     assert no_weight_decay("encoder.layer.0.norm1.weight") and no_weight_decay("encoder.layer.0.mlp.fc1.bias")
     assert no_weight_decay("encoder.layer.0.layer_scale1.lambda1")
     assert not no_weight_decay("embeddings.position_embeddings") and not no_weight_decay("mlp.0.weight")
+    # rae_hf ViT variants (timm names)
+    for name in ("cls_token", "pos_embed", "mask_token", "patch_embed.proj.weight"):
+        assert layer_id(name, 9) == 0, name
+    assert layer_id("blocks.0.attn.qkv.weight", 9) == 1 and layer_id("blocks.8.mlp.fc2.bias", 9) == 9
+    assert layer_id("norm.weight", 9) == 10 and no_weight_decay("blocks.3.norm2.weight")
 
 
 def test_optimizer_groups_get_scheduled_lr_and_weight_decay(tmp_path) -> None:

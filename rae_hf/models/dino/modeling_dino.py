@@ -91,6 +91,10 @@ class DinoPreTrainedModel(PreTrainedModel):
 
 
 def _build_backbone(config) -> PreTrainedModel:
+    """The backbone of `config`, with a mask token (a config field of some backbones, e.g. rae_hf's ViT variants)."""
+    if getattr(config, "use_mask_token", None) is False:
+        config = copy.deepcopy(config)
+        config.use_mask_token = True
     return AutoModel.from_config(config, **BACKBONE_INIT_KWARGS.get(config.model_type, {}))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -98,6 +99,21 @@ def test_knn_monitor_reads_labelled_dataset_splits(textures, tmp_path) -> None:
     # the same images through the folders give the same labels
     folders = _crop_args("--knn_train_dir", f"{textures}/train", "--knn_eval_dir", f"{textures}/validation")
     assert knn_loaders(folders, tiny_dino(), batch_size=64)[2] == 2
+
+
+def test_pretrain_streams_a_dataset_and_probes_its_splits(textures, tmp_path) -> None:
+    """Training streamed from a saved dataset; the kNN monitor and the before/after probe read its labelled splits."""
+    saved = _saved_texture_dataset(textures, tmp_path / "saved")
+    data = ["--dataset_name", saved, "--image_column_name", "img", "--validation_split_name", "test", "--streaming"]
+    knn = ["--knn_dataset_name", saved, "--knn_eval_split", "test", "--knn_image_column", "img"]
+    output = tmp_path / "run"
+    args = [*TINY, *data, "true", *knn, "--probe_before_after", "true", "--output_dir", str(output)]
+    metrics = main([*args, "--max_steps", "2", "--epoch_length", "1", "--dataloader_num_workers", "0"])
+    logged = (output / "logs.csv").read_text().splitlines()
+    assert any(line.startswith("2,") and ",knn_top1," in line for line in logged)  # the monitor at the end
+    assert 0.0 <= metrics["knn_top1_before"] <= 1.0 and (output / "crops.png").is_file()
+    results = json.loads((output / "probe" / "after" / "probe_results.json").read_text())
+    assert results["knn"] and (output / "backbone" / "config.json").is_file()
 
 
 @pytest.mark.parametrize(
@@ -227,6 +243,17 @@ def test_two_processes_train_like_one_process_on_the_global_batch(textures, tmp_
     other_weights = load_file(other / "model.safetensors")
     name = "student.backbone.encoder.layer.0.attention.attention.query.weight"
     assert (other_weights[name] - one_weights[name]).abs().max() > 1e-3
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager(textures, tmp_path) -> None:
+    """`--torch_compile true` (Trainer's flag) compiles the DinoModel; its mean loss over 2 steps equals eager's
+    (no drop path: compiled code draws its random numbers differently)."""
+    args = [*TINY, *_data(textures), "--max_steps", "2", "--epoch_length", "1", "--dataloader_num_workers", "0"]
+    args += ["--drop_path_rate", "0", "--layerscale_value", "1.0"]  # 1e-5: near-equal CLS tokens, ill-posed KoLeo
+    eager = main([*args, "--output_dir", str(tmp_path / "eager")])
+    compiled = main([*args, "--output_dir", str(tmp_path / "compiled"), "--torch_compile", "true"])
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes" / "dino").glob("*.yaml")), ids=lambda p: p.stem)

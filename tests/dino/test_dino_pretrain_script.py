@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -243,6 +244,16 @@ def test_two_processes_train_like_one_process_on_the_global_batch(textures, tmp_
     other_weights = load_file(other / "model.safetensors")
     name = "student.backbone.encoder.layer.0.attention.attention.query.weight"
     assert (other_weights[name] - one_weights[name]).abs().max() > 1e-3
+
+
+def test_bf16_autocast_trains_close_to_fp32(textures, tmp_path) -> None:
+    """`--bf16 true` runs the forwards under bf16 autocast (losses in fp32): 2 steps end near the fp32 loss."""
+    args = [*TINY, *_data(textures), "--max_steps", "2", "--epoch_length", "1", "--dataloader_num_workers", "0"]
+    args += ["--drop_path_rate", "0", "--layerscale_value", "1.0"]
+    full = main([*args, "--output_dir", str(tmp_path / "fp32")])
+    half = main([*args, "--output_dir", str(tmp_path / "bf16"), "--bf16", "true"])
+    assert math.isfinite(half["train_loss"]) and half["train_loss"] != full["train_loss"]
+    assert half["train_loss"] == pytest.approx(full["train_loss"], rel=2e-2)
 
 
 @pytest.mark.slow

@@ -118,7 +118,7 @@ class InceptionFeatureExtractor(nn.Module):
     logits without the fc bias (torch-fidelity's `logits_unbiased`, what the Inception Score uses) from the same pass.
 
     The weights are read by `load_inception_state_dict` (`weights_only=True`) and handed to torch-fidelity as
-    tensors only: torch-fidelity's own `torch.load(weights_only=False)` never sees a user's file.
+    tensors only: torch-fidelity's own unrestricted loading never sees a user's file.
 
     Args:
         weights_path: local copy of the FID Inception weights (`pt_inception-2015-12-05-6726825d.pth`, or

@@ -30,8 +30,7 @@ import torch
 from common import emit, peak_memory_gib
 
 from rae_hf.data.multicrop import MultiCropCollator
-from rae_hf.models.dino import DinoConfig, DinoModel
-from rae_hf.scripts.run_dino_pretrain import BACKBONE_SIZES, DinoModelArguments, backbone_config
+from rae_hf.models.dino import DINO_BACKBONE_SIZES, DinoConfig, DinoModel
 from rae_hf.trainers.dino_config import DinoTrainingArguments
 from rae_hf.trainers.dino_trainer import DinoTrainer
 
@@ -43,7 +42,7 @@ HEADER = (
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", choices=sorted(BACKBONE_SIZES), default="small")
+    parser.add_argument("--backbone", choices=sorted(DINO_BACKBONE_SIZES), default="small")
     parser.add_argument("--patch_size", type=int, default=16)
     parser.add_argument("--batch_size", type=int, default=32, help="Images per step (each gives 2 + N crops).")
     parser.add_argument("--num_local_crops", type=int, default=8)
@@ -73,9 +72,11 @@ def synthetic_batch(args: argparse.Namespace, device: torch.device) -> dict:
 def main() -> None:
     args = parse()
     device = torch.device(args.device)
-    model_args = DinoModelArguments(backbone_size=args.backbone, patch_size=args.patch_size)
+    # A fresh DINOv2 backbone of the preset's size, with run_dino_pretrain's defaults (LayerScale 1e-5, drop path 0.3).
+    backbone = dict(model_type="dinov2", patch_size=args.patch_size, image_size=args.global_size)
     config = DinoConfig(
-        backbone_config=backbone_config(model_args, args.global_size),
+        backbone_preset=args.backbone,
+        backbone_config=backbone | dict(layerscale_value=1e-5, drop_path_rate=0.3),
         head_out_dim=args.head_out_dim,
         image_size=args.global_size,
     )

@@ -38,11 +38,10 @@ import transformers
 from common import emit, peak_memory_gib
 from transformers import Dinov2WithRegistersConfig
 
-from rae_hf.evaluation import evaluate_generation
+from rae_hf.evaluation import RFIDEvaluator, evaluate_generation
 from rae_hf.metrics import (
     INCEPTION_FEATURE_DIM,
     InceptionFeatureExtractor,
-    RFIDEvaluator,
     frechet_distance,
     save_random_inception_weights,
 )

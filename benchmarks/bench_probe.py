@@ -38,6 +38,7 @@ import transformers
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from rae_hf.models.dino import DINO_BACKBONE_SIZES
 from rae_hf.probe import (
     CachedFeatureSource,
     ComponentSpec,
@@ -59,19 +60,11 @@ from rae_hf.tools.make_dummy_dataset import CLASS_NAMES, make_dummy_images
 IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
 IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)
 
-# name -> (DINOv2-with-registers config kwargs, input size)
+# name -> (DINOv2-with-registers config kwargs, input size); the ViT-S/B shapes are the DINO backbone presets.
 ENCODERS = {
     "tiny": (dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=256, patch_size=8), 64),
-    # ViT-S/14 shape (DINOv2-S) at 112 px: 8x8 patch tokens
-    "small": (
-        dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, patch_size=14),
-        112,
-    ),
-    # ViT-B/14 (DINOv2-B) at 224 px: 16x16 patch tokens
-    "dinov2-b": (
-        dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=14),
-        224,
-    ),
+    "small": (dict(DINO_BACKBONE_SIZES["small"], patch_size=14), 112),  # DINOv2-S/14 at 112 px: 8x8 patch tokens
+    "dinov2-b": (dict(DINO_BACKBONE_SIZES["base"], patch_size=14), 224),  # DINOv2-B/14 at 224 px: 16x16 tokens
 }
 HEADER = (
     "| device | encoder | images | epochs | heads | uncached s | cached s (extract + heads) | speedup "

@@ -94,10 +94,11 @@ ENCODERS = {
         8,
     ),
 }
-DECODER_SIZES = {
-    **DECODER_PRESETS,
+# A benchmark-only decoder for CPU smoke runs; the real sizes are the presets (`DECODER_PRESETS`).
+SMOKE_DECODERS = {
     "custom-small": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512},
 }
+DECODER_SIZES = {**DECODER_PRESETS, **SMOKE_DECODERS}
 SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
@@ -149,12 +150,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def decoder_arguments(args: argparse.Namespace) -> dict:
+    """`RAEConfig` decoder arguments: `decoder_preset` when --decoder names a preset, and the sizes given (a smoke
+    decoder's, then any --decoder_*), which win over the preset by RAEConfig's preset rule."""
+    sizes = dict(SMOKE_DECODERS.get(args.decoder, {}))
+    given = {name: getattr(args, f"decoder_{name}") for name in SIZE_FIELDS}
+    sizes.update({name: value for name, value in given.items() if value is not None})
+    preset = args.decoder if args.decoder in DECODER_PRESETS else None
+    return {"decoder_preset": preset, **{f"decoder_{name}": value for name, value in sizes.items()}}
+
+
 def decoder_sizes(args: argparse.Namespace) -> dict[str, int]:
-    sizes = dict(DECODER_SIZES.get(args.decoder, {}))
-    for name in SIZE_FIELDS:
-        if getattr(args, f"decoder_{name}") is not None:
-            sizes[name] = getattr(args, f"decoder_{name}")
-    return sizes
+    """The decoder sizes the run uses (for its label)."""
+    config = RAEConfig(**decoder_arguments(args))
+    return {name: getattr(config, f"decoder_{name}") for name in SIZE_FIELDS}
 
 
 def decoder_label(args: argparse.Namespace) -> str:
@@ -173,7 +182,7 @@ def build_model(args: argparse.Namespace) -> RAEModel:
         encoder_image_std=std,
         decoder_patch_size=args.decoder_patch_size or patch,
         noise_tau=0.8,
-        **{f"decoder_{k}": v for k, v in decoder_sizes(args).items()},
+        **decoder_arguments(args),
     )
     model = RAEModel(config)
     if args.gradient_checkpointing:

@@ -4,7 +4,14 @@ from .models import RAEConfig, RAEModel
 
 __version__ = "0.1.0"
 
-_LAZY = {"JiTConfig": "rae_hf.models.jit", "JiTModel": "rae_hf.models.jit", "JiTPipeline": "rae_hf.pipelines"}
+_LAZY = {
+    "DiTDHConfig": "rae_hf.models.dit",
+    "DiTDHModel": "rae_hf.models.dit",
+    "JiTConfig": "rae_hf.models.jit",
+    "JiTModel": "rae_hf.models.jit",
+    "JiTPipeline": "rae_hf.pipelines",
+    "RAEDiTPipeline": "rae_hf.pipelines",
+}
 
 
 def __getattr__(name: str):
@@ -16,4 +23,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'rae_hf' has no attribute {name!r}")
 
 
-__all__ = ["JiTConfig", "JiTModel", "JiTPipeline", "RAEConfig", "RAEModel", "__version__"]
+__all__ = [
+    "DiTDHConfig",
+    "DiTDHModel",
+    "JiTConfig",
+    "JiTModel",
+    "JiTPipeline",
+    "RAEConfig",
+    "RAEDiTPipeline",
+    "RAEModel",
+    "__version__",
+]

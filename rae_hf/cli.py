@@ -16,9 +16,24 @@ import transformers
 import yaml
 from transformers import HfArgumentParser
 
-from .trainers.checkpoints import last_complete_checkpoint
+from .resources import find_recipe
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+# Arguments renamed since they were published (old -> new): a recipe key or a flag with the old name is an error.
+RENAMED_ARGUMENTS = {
+    "rfid_steps": "fid_steps",
+    "rfid_at_epoch_end": "fid_at_epoch_end",
+    "rfid_num_samples": "fid_num_samples",
+}
+
+
+def _refuse_renamed(names: Sequence[str], where: str, prefix: str = "") -> None:
+    """Raise a `ValueError` naming the new name of every renamed argument in `names`."""
+    renamed = [
+        f"{prefix}{old} was renamed {prefix}{RENAMED_ARGUMENTS[old]}" for old in names if old in RENAMED_ARGUMENTS
+    ]
+    if renamed:
+        raise ValueError(f"{where}: {'; '.join(renamed)}.")
 
 
 def read_recipe(path: str) -> dict:
@@ -51,6 +66,7 @@ def _apply_recipe(parser: HfArgumentParser, dataclass_types: Sequence[type], con
     """Make the recipe's values the parser's defaults (values are kept as they are: null and [] included)."""
     actions = {action.dest: action for action in parser._actions}
     types = _field_types(dataclass_types)
+    _refuse_renamed(list(config), path)
     unknown = sorted(set(config) - set(actions))
     if unknown:
         raise ValueError(f"{path} sets unknown arguments {unknown}; run the script with --help for the list.")
@@ -65,17 +81,37 @@ def _apply_recipe(parser: HfArgumentParser, dataclass_types: Sequence[type], con
     parser.set_defaults(**config)
 
 
+def _pop_recipe(argv: list[str]) -> str | None:
+    """Take the recipe out of `argv`: a first argument ending in .yaml/.yml/.json, or `--recipe NAME`."""
+    if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
+        return argv.pop(0)
+    for index, arg in enumerate(argv):
+        if arg.startswith("--recipe="):
+            return argv.pop(index).split("=", 1)[1]
+        if arg == "--recipe":
+            if index + 1 == len(argv):
+                raise ValueError("--recipe needs a name or a path, e.g. --recipe quickstart.")
+            name = argv.pop(index + 1)
+            argv.pop(index)
+            return name
+    return None
+
+
 def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
-    """Parse `[config.yaml|config.json] [--overrides ...]` into the given dataclasses.
+    """Parse `[config.yaml|config.json|--recipe NAME] [--overrides ...]` into the given dataclasses.
 
     The file's values become the parser's defaults (so `null` and empty lists survive) and command-line flags
     override them; an unknown key, or a list for a one-value argument, is an error naming it.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(dataclass_types)
-    if argv and argv[0].endswith(CONFIG_SUFFIXES):
-        path = argv.pop(0)
+    recipe = _pop_recipe(argv)
+    if recipe is not None:  # a file, else a shipped recipe by name (`--recipe quickstart`, see rae_hf.resources)
+        keys = {action.dest for action in parser._actions}
+        path = find_recipe(recipe, fits=lambda candidate: set(read_recipe(candidate)) <= keys)
         _apply_recipe(parser, dataclass_types, read_recipe(path), path)
+    flags = [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
+    _refuse_renamed(flags, "the command line", "--")
     return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
 
 
@@ -107,15 +143,3 @@ def save_run_config(output_dir: str, *arguments) -> str:
     with open(path, "w") as f:
         json.dump(resolved, f, indent=2, default=str)
     return path
-
-
-def resolve_resume_checkpoint(training_args) -> str | None:
-    """`--resume_from_checkpoint last` -> the newest complete `checkpoint-*` of `output_dir` (error when none)."""
-    resume = training_args.resume_from_checkpoint
-    if resume == "last":
-        resume = last_complete_checkpoint(training_args.output_dir)
-        if resume is None:
-            raise FileNotFoundError(
-                f"--resume_from_checkpoint last: no checkpoint (complete checkpoint-*) in {training_args.output_dir}"
-            )
-    return resume

@@ -24,8 +24,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from conftest import SyntheticImages, tiny_rae
 
-from rae_hf.evaluation import evaluate_generation
-from rae_hf.metrics import FIDMetric, RFIDEvaluator, shard_for_process
+from rae_hf.data import shard_for_process
+from rae_hf.evaluation import RFIDEvaluator, evaluate_generation
+from rae_hf.metrics import FIDMetric
 
 NUM_IMAGES = 11  # 2 processes: 6 and 5 images
 

@@ -1,4 +1,5 @@
-"""Trainer callbacks shared by all rae_hf trainers."""
+"""Trainer callbacks shared by several rae_hf trainers; a method's own callbacks live beside its trainer
+(`rae_hf/trainers/<method>_callbacks.py`)."""
 
 from .csv_logger import CSVLoggerCallback
 from .ema import EMACallback

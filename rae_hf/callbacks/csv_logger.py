@@ -10,10 +10,20 @@ from transformers import TrainerCallback
 
 class CSVLoggerCallback(TrainerCallback):
     """Appends `step,epoch,name,value` rows to `<output_dir>/logs.csv` on the main process, one row per logged value
-    (long format, so training and evaluation entries with different keys share one file)."""
+    (long format, so training and evaluation entries with different keys share one file). A resumed run first drops
+the rows at or past the step it resumes from, so the file reads as one run."""
 
     def __init__(self, output_dir: str, filename: str = "logs.csv"):
         self.path = os.path.join(output_dir, filename)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or state.global_step == 0 or not os.path.isfile(self.path):
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [row for row in rows[1:] if int(row[0]) < state.global_step]
+        with open(self.path, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:

@@ -10,13 +10,12 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torchvision.utils import save_image
 from transformers import Trainer, TrainerCallback
 from transformers.integrations import TensorBoardCallback, WandbCallback
 
 from ..data.sharding import shard_loader
 from ..metrics.fid import check_fid_sample_count
-from ..visualization import reconstruction_grid
+from ..visualization import reconstruction_grid, save_png, to_uint8
 from .ema import EMACallback
 
 __all__ = ["ImageEvaluationCallback", "RFIDCallback", "report_image"]
@@ -30,9 +29,9 @@ class ImageEvaluationCallback(TrainerCallback):
     an `EMACallback` is given (model in eval mode, no grad), and logs `<prefix><key>` for every returned value plus
     `<prefix><best_metric>_best` through `trainer.log` (so every reporter gets them).
 
-    Every `sample_every` steps and at the end of training, `grid_fn(model)` (a `[3, H, W]` image in [0, 1]: originals
-    over reconstructions, or samples) is saved on the main process as `<output_dir>/samples/step_<N>.png` and sent to
-    W&B / TensorBoard as `grid_name`.
+    Every `sample_every` steps and at the last step (or at the end of a run stopped early), `grid_fn(model)` (a
+    `[3, H, W]` image in [0, 1]: originals over reconstructions, or samples) is saved on the main process as
+    `<output_dir>/samples/step_<N>.png` and sent to W&B / TensorBoard as `grid_name`, pixel for pixel the PNG.
 
     Checkpointed state (`state_dict` / `load_state_dict`; register it with `trainer.register_state(name, callback)`):
     the best value so far, so `..._best` continues across a resume. `evaluate_fn` runs on every process (metric syncs
@@ -68,6 +67,7 @@ class ImageEvaluationCallback(TrainerCallback):
         self.prefix = prefix
         self.best = -math.inf if greater_is_better else math.inf
         self._last_evaluated_step = -1
+        self._last_grid_step = -1
 
     # ----- checkpointed state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -81,15 +81,16 @@ class ImageEvaluationCallback(TrainerCallback):
         step = state.global_step
         if self.eval_steps and step % self.eval_steps == 0:
             self.evaluate(model, step)
-        if self.sample_every and step % self.sample_every == 0:
-            self.log_grid(model, step)
+        if (self.sample_every and step % self.sample_every == 0) or step == state.max_steps:
+            self.log_grid(model, step)  # the last step's grid here: reporters close before `on_train_end`
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         if self.at_epoch_end:
             self.evaluate(model, state.global_step)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.log_grid(model, state.global_step)
+        if state.global_step != self._last_grid_step:  # stopped early (a signal, a callback)
+            self.log_grid(model, state.global_step)
 
     # ----- work -------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -132,6 +133,7 @@ class ImageEvaluationCallback(TrainerCallback):
 
     def log_grid(self, model: nn.Module, step: int) -> str | None:
         """Save (main process) and report `grid_fn(model)`; returns the PNG path."""
+        self._last_grid_step = step
         if self.grid_fn is None or not self.trainer.is_world_process_zero():
             return None
         with self._evaluation_weights(model):
@@ -145,7 +147,7 @@ class ImageEvaluationCallback(TrainerCallback):
         folder = os.path.join(self.trainer.args.output_dir, "samples")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"step_{step:07d}.png")
-        save_image(grid, path)
+        save_png(grid, path)
         report_image(self.trainer, self.grid_name, grid, step)
         return path
 
@@ -177,7 +179,7 @@ class RFIDCallback(ImageEvaluationCallback):
                 count,
                 "the validation split",
                 "add validation images (--validation_dir, --validation_split_name, --fid_num_samples) or turn the "
-                "evaluation off (--fid_steps 0 --fid_at_epoch_end false; RAE: --rfid_steps, --rfid_at_epoch_end)",
+                "evaluation off (--fid_steps 0 --fid_at_epoch_end false)",
             )
         self.evaluator = evaluator
         self.eval_dataset = eval_dataset
@@ -226,10 +228,13 @@ class RFIDCallback(ImageEvaluationCallback):
 
 
 def report_image(trainer: Trainer, name: str, image: torch.Tensor, step: int) -> None:
-    """Send a `[3, H, W]` image in [0, 1] to the W&B and TensorBoard reporters the trainer has, if any."""
+    """Send a `[3, H, W]` image in [0, 1] to the W&B and TensorBoard reporters the trainer has, if any, as the uint8
+    pixels `to_uint8(image)` that `save_png` writes (a float array would be cast to 0/1 by wandb: a black image)."""
+    pixels = None
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, WandbCallback) and getattr(callback, "_initialized", False):
-            image_array = image.permute(1, 2, 0).cpu().numpy()
-            callback._wandb.log({name: callback._wandb.Image(image_array), "train/global_step": step})
+            pixels = to_uint8(image) if pixels is None else pixels
+            callback._wandb.log({name: callback._wandb.Image(pixels), "train/global_step": step})
         elif isinstance(callback, TensorBoardCallback) and getattr(callback, "tb_writer", None) is not None:
-            callback.tb_writer.add_image(name, image, global_step=step)
+            pixels = to_uint8(image) if pixels is None else pixels
+            callback.tb_writer.add_image(name, pixels, global_step=step, dataformats="HWC")

@@ -4,11 +4,14 @@
     python -m rae_hf.convert to-diffusers runs/rae-dinov2-b runs/rae-dinov2-b-diffusers
     python -m rae_hf.convert from-official runs/rae-official --decoder model.pt --stats stat.pt \
         --encoder facebook/dinov2-with-registers-base
+    python -m rae_hf.convert dit stage2_model.pt runs/ditdh-xl [--weights ema|model]
     python -m rae_hf.convert <kind> ...      # runs rae_hf.convert.<kind>.main(argv), e.g. rae_official, jit
 
-Modules: `checkpoint_utils` (reading files without executing anything, state-dict selection, exact loading;
-shared by every converter), `rae_diffusers` (RAE <-> diffusers `AutoencoderRAE`), `rae_official` (official RAE
-repository -> RAE). A new converter is a module here with `main(argv)`; the command line finds it by name.
+Modules: `rae_diffusers` (RAE <-> diffusers `AutoencoderRAE`), `rae_official` (official RAE repository -> RAE),
+`jit` (official JiT -> JiT), `dit` (official RAE stage-2 DiT-DH -> DiTDHModel). A new converter is a module here
+with `main(argv)`; the command line finds it by name (modules named `_x` are helpers, not converters). Files are
+read by `rae_hf.models.checkpoint_io`, the one checkpoint reader (nothing is executed), shared with pretrained-weight
+loading.
 """
 
 from __future__ import annotations
@@ -18,16 +21,14 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from .rae_diffusers import (
+from ._diffusers_mapping import (
     decoder_key_from_diffusers,
     decoder_key_to_diffusers,
     diffusers_encoder_config,
     diffusers_stats_to_rae,
-    rae_from_diffusers,
     rae_stats_to_diffusers,
-    rae_to_diffusers,
-    save_diffusers,
 )
+from .rae_diffusers import rae_from_diffusers, rae_to_diffusers, save_diffusers
 from .rae_official import load_official_decoder_state, rae_from_official
 
 __all__ = [
@@ -51,16 +52,11 @@ COMMAND_ALIASES = {
     "to-diffusers": ("rae_diffusers", True),
     "from-official": ("rae_official", False),
 }
-NOT_KINDS = ("checkpoint_utils",)
 
 
 def available_kinds() -> list[str]:
     """Converter modules of this package (those a `python -m rae_hf.convert <kind>` can run)."""
-    return sorted(
-        info.name
-        for info in pkgutil.iter_modules(__path__)
-        if not info.name.startswith("_") and info.name not in NOT_KINDS
-    )
+    return sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -82,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rest = argv if keep else rest
     else:
         module_name = kind.replace("-", "_")
-    if not module_name.isidentifier() or module_name.startswith("_") or module_name in NOT_KINDS:
+    if not module_name.isidentifier() or module_name.startswith("_"):
         raise SystemExit(f"Unknown converter {kind!r}.\n{usage}")
     qualified = f"{__name__}.{module_name}"
     try:

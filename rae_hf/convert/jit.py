@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from ..models.checkpoint_io import load_exact, read_checkpoint, select_state_dict, strip_prefixes
 from ..models.jit import JIT_SIZES, JiTConfig, JiTModel
-from .checkpoint_utils import load_exact, read_checkpoint, select_state_dict, strip_prefixes
 
 WEIGHT_KEYS = ("model_ema1", "model_ema2", "model")
 PREFIXES = ("net.", "module.", "_orig_mod.")

@@ -19,11 +19,11 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from ..models.checkpoint_io import format_keys, load_exact, read_checkpoint, select_state_dict, strip_prefixes
 from ..models.rae import DECODER_PRESETS, RAEModel
 from ..models.rae.backbone_layouts import as_int, load_vision_config
 from ..models.rae.modeling_rae import sincos_position_embedding_2d
-from .checkpoint_utils import format_keys, load_exact, read_checkpoint, select_state_dict, strip_prefixes
-from .rae_diffusers import decoder_key_from_diffusers
+from ._diffusers_mapping import decoder_key_from_diffusers
 
 __all__ = ["load_official_decoder_state", "main", "rae_from_official"]
 

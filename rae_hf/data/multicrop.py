@@ -21,8 +21,10 @@ indices) and a resumed run redraws exactly the same views and masks.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -34,6 +36,8 @@ from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT
 from rae_hf.data.collate import ImageCollator, _collate_values
 from rae_hf.data.images import BadImageError
 
+logger = logging.getLogger(__name__)
+
 IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
 IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)
 
@@ -43,9 +47,13 @@ __all__ = [
     "MultiCropCollator",
     "MultiCropSpec",
     "MultiCropTransform",
+    "check_multicrop_batches",
     "crop_picture",
+    "first_views",
     "multicrop_spec",
+    "multicrop_transform",
     "preset_for_method",
+    "save_crop_picture",
 ]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -191,6 +199,15 @@ class MultiCropTransform:
         return f"MultiCropTransform({self.spec})"
 
 
+def multicrop_transform(image_size: int, spec: MultiCropSpec | None = None, **overrides: Any) -> MultiCropTransform:
+    """The ``multicrop`` preset of ``rae_hf.data.transforms.image_transform``: the views of ``spec`` (default: the
+    ``dinov2`` preset with ``overrides``), whose global crops must be ``image_size``. Views come normalized."""
+    spec = spec or multicrop_spec(**{"global_size": image_size, **overrides})
+    if spec.global_size != image_size:
+        raise ValueError(f"multicrop preset: image_size {image_size} differs from the global crop {spec.global_size}.")
+    return MultiCropTransform(spec)
+
+
 class BlockMaskGenerator:
     """iBOT/BEiT block masks on a ``height x width`` patch grid.
 
@@ -334,3 +351,90 @@ def crop_picture(views: Sequence[torch.Tensor], mean: Sequence[float], std: Sequ
             canvas.paste(v2.functional.to_pil_image(pixels), (x, r * (height + 2)))
             x += view.shape[-1] + 2
     return canvas
+
+
+def batch_views(batch: dict[str, Any]) -> list[list[torch.Tensor]]:
+    """Per image, its views ``[global_1, global_2, *locals]`` out of a crop-major :class:`MultiCropCollator` batch."""
+    images = batch["global_crops"].shape[0] // 2
+    local = batch.get("local_crops")
+    num_local = 0 if local is None else local.shape[0] // images
+    return [
+        [batch["global_crops"][i], batch["global_crops"][images + i]]
+        + [local[k * images + i] for k in range(num_local)]
+        for i in range(images)
+    ]
+
+
+def first_views(dataset: Iterable[dict[str, Any]], count: int, collator: MultiCropCollator) -> dict[str, Any]:
+    """The first ``count`` decodable examples of a multi-crop dataset (``with_image_transform`` of a
+    :class:`MultiCropTransform`, map-style or streamed) collated by ``collator``: bad images are skipped and counted
+    (``num_skipped``) as in training, and the scan stops with :class:`BadImageError` where training would."""
+    examples, good = [], 0
+    rows = (dataset[i] for i in range(len(dataset))) if hasattr(dataset, "__len__") else iter(dataset)
+    for example in rows:
+        examples.append(example)
+        good += example["pixel_values"] is not None
+        bad = len(examples) - good
+        if good == count or bad > max(collator.min_bad_images, collator.max_bad_image_fraction * len(examples)):
+            break
+    return collator(examples)
+
+
+def save_crop_picture(
+    dataset: Iterable[dict[str, Any]], spec: MultiCropSpec, path: str, count: int = 4, max_bad_image_fraction=0.05
+) -> tuple[Image.Image, int]:
+    """The views of the first ``count`` decodable images as the model sees them, saved as a PNG; the picture and the
+    number of undecodable images skipped on the way."""
+    batch = first_views(dataset, count, MultiCropCollator(None, max_bad_image_fraction=max_bad_image_fraction))
+    skipped = int(batch["num_skipped"])
+    if skipped:
+        logger.warning("Crop picture: skipped %d undecodable image(s) among the first images.", skipped)
+    picture = crop_picture(batch_views(batch), spec.mean, spec.std)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    picture.save(path)
+    return picture, skipped
+
+
+def check_multicrop_batches(batches: Iterable[dict[str, Any]], spec: MultiCropSpec, count: int) -> bool:
+    """Print the views of the first ``count`` batches (sizes, value ranges, mask ratios, skipped images); False on
+    NaN/Inf, a wrong number of views or sizes, or too many undecodable images (reported, not raised)."""
+    ok = True
+    iterator = iter(batches)
+    for index in range(count):
+        try:
+            batch = next(iterator, None)
+        except BadImageError as error:
+            print(f"batch {index}: {error}")
+            return False
+        if batch is None:
+            break
+        images = batch["global_crops"].shape[0] // 2
+        local = batch.get("local_crops")
+        views = 2 + (0 if local is None else local.shape[0] // images)
+        tensors = [batch["global_crops"]] + ([] if local is None else [local])
+        finite = all(bool(torch.isfinite(t).all()) for t in tensors)
+        sizes_ok = batch["global_crops"].shape[-1] == spec.global_size and (
+            local is None or local.shape[-1] == spec.local_size
+        )
+        line = (
+            f"batch {index}: {images} images, {views} views per image (expected {spec.num_views}): 2 global crops "
+            f"{tuple(batch['global_crops'].shape[1:])}"
+        )
+        if local is not None:
+            line += f", {views - 2} local crops {tuple(local.shape[1:])}"
+        ranges = ", ".join(f"[{t.min():.2f}, {t.max():.2f}]" for t in tensors)
+        line += f"; value ranges {ranges}; finite {finite}"
+        if "masks" in batch:
+            ratios = batch["masks"].float().mean(dim=1)
+            masked = ratios[ratios > 0]
+            if masked.numel():
+                line += (
+                    f"; masked crops {masked.numel()}/{ratios.numel()}, mask ratios "
+                    f"[{masked.min():.2f}, {masked.max():.2f}]"
+                )
+        skipped = int(batch.get("num_skipped", 0))
+        if skipped:
+            line += f"; skipped {skipped} undecodable image(s)"
+        print(line)
+        ok = ok and finite and views == spec.num_views and sizes_ok
+    return ok

@@ -28,10 +28,15 @@ class SeededAugmentationDataset(Dataset):
     def __init__(self, dataset: Any, seed: int):
         self.dataset = dataset
         self.seed = seed
-        self.epoch = 0
+        # in shared memory: persistent data workers keep their copy of the dataset, yet see every new epoch
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -42,7 +47,7 @@ class SeededAugmentationDataset(Dataset):
             return self.dataset[index]
 
     def __getattr__(self, name: str) -> Any:  # column_names, features... of the wrapped dataset
-        if name in ("dataset", "seed", "epoch") or name.startswith("__"):
+        if name in ("dataset", "seed", "_epoch") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 

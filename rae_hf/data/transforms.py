@@ -3,9 +3,11 @@ tensor resize used to compare images with reconstructions.
 
 Presets: `rae_train` (RAE: bicubic shorter side to 1.5x, random crop), `center_crop` (bicubic shorter side to the
 size, centre crop), `adm_center_crop` (ADM / JiT / RAE evaluation: box-halve, bicubic, centre crop), `probe_eval`
-(shorter side to `size / crop_pct`, centre crop), `probe_train` (random-resized crop + flip). Random ops draw from
-torch's global RNG, so checkpointed RNG states make resumption exact. Multi-crop views (`rae_hf.data.multicrop`)
-end with the same `to_float_tensor()` tail.
+(shorter side to `size / crop_pct`, centre crop), `probe_train` (random-resized crop + flip), `padded_crop_train`
+(CIFAR-style: square resize, random crop with 1/8 padding, flip) and `resize` (square resize). Scripts take them
+through `image_transform(preset, size, ...)`, which can append a normalization for models that expect normalized
+pixels (ViT classifiers). Random ops draw from torch's global RNG, so checkpointed RNG states make resumption exact.
+Multi-crop views (`rae_hf.data.multicrop`) end with the same `to_float_tensor()` tail.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ __all__ = [
     "build_image_transform",
     "default_resize_size",
     "image_transform",
+    "padded_crop_train_transform",
     "probe_eval_transform",
     "probe_train_transform",
     "resize_images",
+    "resize_transform",
     "to_float_tensor",
 ]
 
@@ -130,20 +134,62 @@ def probe_train_transform(image_size: int) -> v2.Compose:
     )
 
 
+def padded_crop_train_transform(image_size: int) -> v2.Compose:
+    """Bicubic resize to `image_size` square, random crop with `image_size // 8` zero padding, horizontal flip (the
+    CIFAR augmentation of small-image classifiers: 4 pixels at 32)."""
+    _check_size(image_size)
+    return v2.Compose(
+        [
+            v2.Resize((image_size, image_size), interpolation=BICUBIC, antialias=True),
+            v2.RandomCrop(image_size, padding=image_size // 8),
+            v2.RandomHorizontalFlip(),
+            to_float_tensor(),
+        ]
+    )
+
+
+def resize_transform(image_size: int) -> v2.Compose:
+    """Bicubic resize to `image_size` square (evaluation of small-image classifiers)."""
+    _check_size(image_size)
+    return v2.Compose([v2.Resize((image_size, image_size), interpolation=BICUBIC, antialias=True), to_float_tensor()])
+
+
 TRANSFORM_PRESETS = {
     "rae_train": lambda image_size, **kwargs: build_image_transform(image_size, train=True, **kwargs),
     "center_crop": lambda image_size: build_image_transform(image_size, train=False),
     "adm_center_crop": adm_center_crop_transform,
     "probe_eval": probe_eval_transform,
     "probe_train": probe_train_transform,
+    "padded_crop_train": padded_crop_train_transform,
+    "resize": resize_transform,
+    "multicrop": lambda image_size, **kwargs: _multicrop_transform(image_size, **kwargs),
 }
 
 
-def image_transform(preset: str, image_size: int, **kwargs) -> v2.Compose:
-    """The named preset of `TRANSFORM_PRESETS` at `image_size` (keyword options as the preset's builder)."""
+def _multicrop_transform(image_size: int, **kwargs):
+    """DINO's multi-crop views (`rae_hf.data.multicrop.multicrop_transform`; imported here, where it is used)."""
+    from rae_hf.data.multicrop import multicrop_transform
+
+    return multicrop_transform(image_size, **kwargs)
+
+
+def image_transform(
+    preset: str,
+    image_size: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **kwargs,
+) -> v2.Compose:
+    """The named preset of `TRANSFORM_PRESETS` at `image_size` (keyword options as the preset's builder): pixels in
+    [0, 1], or normalized with `mean` / `std` when given (both or neither)."""
     if preset not in TRANSFORM_PRESETS:
         raise ValueError(f"Unknown transform preset {preset!r}; choose one of {sorted(TRANSFORM_PRESETS)}.")
-    return TRANSFORM_PRESETS[preset](image_size, **kwargs)
+    transform = TRANSFORM_PRESETS[preset](image_size, **kwargs)
+    if (mean is None) != (std is None):
+        raise ValueError("image_transform: pass both mean and std to normalize, or neither.")
+    if mean is None:
+        return transform
+    return v2.Compose([transform, v2.Normalize(list(mean), list(std))])
 
 
 def resize_images(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -1,9 +1,9 @@
-"""Rectified-flow training rules of JiT, independent of what the samples are (pixels, latents, anything).
+"""Rectified-flow training rules (JiT's, and RAE stage 2's), independent of what the samples are.
 
-Convention (the JiT paper's): `t` in [0, 1], t = 1 is clean data; `z_t = t * x + (1 - t) * e` with
-`e = noise_scale * N(0, I)`; the velocity is `v = dz/dt = x - e`. A network may output the clean sample (`"x"`,
-the paper's default), the noise (`"eps"`) or the velocity (`"v"`); the loss may be taken on any of the three. Each
-conversion divides by `t` or `1 - t`, clamped from below by `t_eps` as the official code does.
+Time convention: the package docstring (t = 1 is clean data, `z_t = t x + (1 - t) e`, `v = x - e`). A network may
+output the clean sample (`"x"`, JiT's default), the noise (`"eps"`) or the velocity (`"v"`, RAE stage 2); the loss may
+be taken on any of the three. Each conversion divides by `t` or `1 - t`, clamped from below by `t_eps` as the official
+JiT code does; a velocity output with the velocity loss divides by nothing (its target is exactly `x - e`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .conventions import from_rae_time, shift_time
+
 TARGETS = ("x", "eps", "v")
+TIME_DISTRIBUTIONS = ("logit_normal", "uniform")
 
 
 def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -33,6 +36,11 @@ class FlowMatching:
         noise_scale: std of the noise (JiT: image_size / 256).
         t_eps: lower clamp of `1 - t` (and of `t` where `eps` output is divided by it): 0.05.
         p_mean / p_std: `t = sigmoid(s)`, `s ~ N(p_mean, p_std^2)` (logit-normal; JiT: -0.8, 0.8).
+        time_distribution: `"logit_normal"` (above) or `"uniform"`.
+        time_range: `(lo, hi)` the times are drawn in, before the shift: uniform on it, or the logit-normal
+            truncated to it by the inverse CDF (the full `(0, 1)` draws `sigmoid(N)` directly, as JiT).
+        time_shift: RAE's shift `s` (`conventions.rae_time_shift`), applied after drawing: `t / (s - (s - 1) t)`;
+            1 (JiT) leaves the times as drawn.
     """
 
     prediction_type: str = "x"
@@ -41,6 +49,23 @@ class FlowMatching:
     t_eps: float = 0.05
     p_mean: float = -0.8
     p_std: float = 0.8
+    time_distribution: str = "logit_normal"
+    time_range: tuple[float, float] = (0.0, 1.0)
+    time_shift: float = 1.0
+
+    @classmethod
+    def rae_stage2(cls, time_dist_type: str = "logit-normal_0_1", time_shift: float = 1.0, t_max: float = 0.999):
+        """The official stage-2 objective: velocity output and loss, RAE time drawn in `[0, t_max]` from the official
+        `time_dist_type` (`"uniform"` or `"logit-normal_<mean>_<std>"`, e.g. `"logit-normal_0_1"`), then shifted."""
+        name, *params = time_dist_type.split("_")
+        if name == "uniform" and not params:
+            kwargs = {"time_distribution": "uniform"}
+        elif name == "logit-normal" and len(params) == 2:  # logit(1 - t) = -logit(t): the mean changes sign
+            kwargs = {"time_distribution": "logit_normal", "p_mean": -float(params[0]), "p_std": float(params[1])}
+        else:
+            raise ValueError(f"time_dist_type={time_dist_type!r} must be 'uniform' or 'logit-normal_<mean>_<std>'.")
+        time_range = (from_rae_time(t_max), 1.0)
+        return cls(prediction_type="v", loss_type="v", time_range=time_range, time_shift=time_shift, **kwargs)
 
     def __post_init__(self) -> None:
         for name in ("prediction_type", "loss_type"):
@@ -52,12 +77,28 @@ class FlowMatching:
             raise ValueError(f"t_eps={self.t_eps} must be in (0, 1).")
         if self.p_std <= 0:
             raise ValueError(f"p_std={self.p_std} must be positive.")
+        if self.time_distribution not in TIME_DISTRIBUTIONS:
+            raise ValueError(f"time_distribution={self.time_distribution!r} must be one of {TIME_DISTRIBUTIONS}.")
+        self.time_range = tuple(float(v) for v in self.time_range)
+        if len(self.time_range) != 2 or not 0.0 <= self.time_range[0] < self.time_range[1] <= 1.0:
+            raise ValueError(f"time_range={self.time_range} must be (lo, hi) with 0 <= lo < hi <= 1.")
+        if self.time_shift <= 0:
+            raise ValueError(f"time_shift={self.time_shift} must be positive.")
 
     # ----- training inputs ---------------------------------------------------------------------------------------
     def sample_time(self, batch: int, device: torch.device | str, generator: torch.Generator | None = None):
-        """`[batch]` float32 times from the logit-normal distribution."""
-        s = torch.randn(batch, device=device, generator=generator) * self.p_std + self.p_mean
-        return torch.sigmoid(s)
+        """`[batch]` float32 times from `time_distribution` on `time_range`, then shifted by `time_shift`."""
+        lo, hi = self.time_range
+        if self.time_distribution == "uniform":
+            t = lo + (hi - lo) * torch.rand(batch, device=device, generator=generator)
+        elif (lo, hi) == (0.0, 1.0):
+            t = torch.sigmoid(torch.randn(batch, device=device, generator=generator) * self.p_std + self.p_mean)
+        else:  # truncated: u ~ U(Phi(a), Phi(b)), t = sigmoid(mean + std * Phi^-1(u)), a/b the standardized logits
+            logits = torch.logit(torch.tensor([lo, hi], dtype=torch.float64))
+            a, b = torch.special.ndtr((logits - self.p_mean) / self.p_std).tolist()
+            u = a + (b - a) * torch.rand(batch, device=device, generator=generator)
+            t = torch.sigmoid(self.p_mean + self.p_std * torch.special.ndtri(u)).clamp(lo, hi)
+        return t if self.time_shift == 1.0 else shift_time(t, self.time_shift)
 
     def sample_noise(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """`noise_scale * N(0, I)` with the shape of `like` (float32)."""
@@ -104,9 +145,12 @@ class FlowMatching:
     def loss(
         self, output: torch.Tensor, x: torch.Tensor, noise: torch.Tensor, z: torch.Tensor, t: torch.Tensor
     ) -> torch.Tensor:
-        """Per-example mean squared error `[B]` in `loss_type` space (v: both sides clamped as the official code)."""
+        """Per-example mean squared error `[B]` (mean over all but the batch dimension) in `loss_type` space. The v-loss
+        of an x/eps output clamps both sides as JiT's code; of a v output it is exactly `(output - (x - noise))^2`."""
         output = output.float()
-        if self.loss_type == "v":
+        if self.loss_type == "v" and self.prediction_type == "v":
+            target, prediction = x - noise, output
+        elif self.loss_type == "v":
             target = (x - z) / self._one_minus_t(_expand(t, z))
             prediction = self.to_velocity(output, z, t)
         elif self.loss_type == "x":
@@ -116,4 +160,4 @@ class FlowMatching:
         return (prediction - target).pow(2).flatten(1).mean(dim=1)
 
 
-__all__ = ["TARGETS", "FlowMatching"]
+__all__ = ["TARGETS", "TIME_DISTRIBUTIONS", "FlowMatching"]

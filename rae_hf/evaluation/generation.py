@@ -12,9 +12,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data.sharding import process_range
-from ..metrics import FIDMetric, InceptionFeatureExtractor, InceptionScore, SampleWriter
+from ..metrics import FIDMetric, InceptionFeatureExtractor, InceptionScore
 from ..metrics.fid import ArrayLike
 from .reference import load_reference_statistics
+from .sample_writer import SampleWriter
 
 __all__ = ["SampleFn", "balanced_labels", "evaluate_generation"]
 

@@ -44,7 +44,7 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, num_iterations: int
     """
     q = torch.exp(logits.float() / temperature).t()  # [K, B]
     num_prototypes = q.shape[0]
-    total_rows = torch.tensor(float(q.shape[1]), device=q.device)
+    total_rows = torch.full((), float(q.shape[1]), device=q.device)  # filled on the device: no host copy (sync)
     _all_reduce_sum(total_rows)
     q /= _all_reduce_sum(q.sum())
     for _ in range(num_iterations):
@@ -116,7 +116,7 @@ class DINOLoss(_CenteredTargets):
     def update_center(self, teacher_logits: torch.Tensor) -> None:
         """`c = m c + (1 - m) mean`, the mean over the teacher rows of all processes (both global crops)."""
         batch_sum = _all_reduce_sum(teacher_logits.float().sum(dim=0, keepdim=True))
-        rows = torch.tensor(float(teacher_logits.shape[0]), device=batch_sum.device)
+        rows = torch.full((), float(teacher_logits.shape[0]), device=batch_sum.device)  # no host copy (sync)
         self._momentum_update(batch_sum / _all_reduce_sum(rows))
 
 
@@ -148,14 +148,16 @@ class IBOTPatchLoss(_CenteredTargets):
 
 
 def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Kozachenko-Leonenko entropy estimator: `-mean_i log(||x_i - x_nn(i)|| + eps)` on L2-normalized rows.
+    """Kozachenko-Leonenko entropy estimator: `-mean_i log(||x_i - x_nn(i) + eps|| + eps)` on L2-normalized rows.
 
-    The nearest neighbour (self excluded) is the row of largest cosine similarity; per process, per call.
+    The nearest neighbour (self excluded) is the row of largest cosine similarity; per process, per call. As in the
+    DINOv2 code, eps also sits inside the norm (`F.pairwise_distance`), so duplicated rows give a finite loss and
+    gradient: their distance is `eps * sqrt(D)`.
     """
     x = F.normalize(features.float(), dim=-1, eps=eps)
     with torch.no_grad():
         similarity = x @ x.t()
         similarity.fill_diagonal_(-2.0)
         neighbour = similarity.argmax(dim=1)
-    distances = torch.linalg.vector_norm(x - x[neighbour], dim=-1)
+    distances = F.pairwise_distance(x, x[neighbour], p=2, eps=eps)
     return -torch.log(distances + eps).mean()

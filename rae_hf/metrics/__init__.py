@@ -1,5 +1,6 @@
-"""Evaluation metrics: FID / rFID (Inception-v3 or any feature network), Inception Score, PSNR and SSIM,
-multi-process aware; the ADM `.npz`/PNG sample writer."""
+"""Evaluation metrics (the maths): FID / rFID (Inception-v3 or any feature network), Inception Score, PSNR and SSIM,
+multi-process aware. The loops that feed them, the reference-statistics files and the sample writer live in
+`rae_hf.evaluation`."""
 
 from .fid import (
     INCEPTION_FEATURE_DIM,
@@ -10,16 +11,11 @@ from .fid import (
     InceptionFeatureExtractor,
     check_fid_sample_count,
     frechet_distance,
-    load_fid_stats,
     load_inception_state_dict,
-    save_fid_stats,
     save_random_inception_weights,
-    shard_for_process,
 )
 from .inception_score import InceptionScore, inception_score
 from .reconstruction import ReconstructionMetrics
-from .rfid import RFIDEvaluator
-from .sample_writer import SampleWriter
 
 __all__ = [
     "INCEPTION_FEATURE_DIM",
@@ -29,15 +25,10 @@ __all__ = [
     "FIDMetric",
     "InceptionFeatureExtractor",
     "InceptionScore",
-    "RFIDEvaluator",
     "ReconstructionMetrics",
-    "SampleWriter",
     "check_fid_sample_count",
     "frechet_distance",
     "inception_score",
-    "load_fid_stats",
     "load_inception_state_dict",
-    "save_fid_stats",
     "save_random_inception_weights",
-    "shard_for_process",
 ]

@@ -1,12 +1,13 @@
-"""Fréchet distance (FID / rFID / FD-DINOv2) with streaming, multi-process statistics and ADM-style `.npz` stats.
+"""Fréchet distance (FID / rFID / FD-DINOv2) with streaming, multi-process statistics.
 
 The real and fake sides are kept as torchmetrics states (feature sum `[D]`, feature outer-product sum `[D, D]` and
 a count, all float64, `dist_reduce_fx="sum"`), so 50k images are never held in memory and processes merge exactly.
 
 Multi-process use: every process feeds ITS OWN shard of the images and every process calls `compute()` (a
 collective). The states are summed over processes, so each image must be seen by exactly one process: shard WITHOUT
-padding (`shard_for_process`), and do not pass the evaluation DataLoader through `accelerator.prepare`, which pads
-the last batch with repeated images (`even_batches`). Uneven shards (6 and 5 images) are fine.
+padding (`rae_hf.data.shard_for_process`), and do not pass the evaluation DataLoader through `accelerator.prepare`,
+which pads the last batch with repeated images (`even_batches`). Uneven shards (6 and 5 images) are fine. Reference
+statistics files are read and written by `rae_hf.evaluation.reference`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ import pickle
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 import torchvision
 from torch import Tensor, nn
 from torch.hub import load_state_dict_from_url
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from torchmetrics.image.fid import FrechetInceptionDistance
-
-from ..data.sharding import shard_for_process
 
 INCEPTION_FEATURE_DIM = 2048
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 def save_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> str:
     """Write a RANDOM-weight state dict in the FID Inception-v3 layout to `path` (no download); returns `path`.
+    A `.safetensors` path is written with safetensors (no pickle: what the quickstarts use); any other name as a
+    plain tensor dict with `torch.save` (read back with `weights_only=True`).
 
     For tests and throughput benchmarks only: the scores it gives are not FIDs. torchvision's Inception-v3
     (`aux_logits=False`, 1008 classes) has the parameter names and shapes of torch-fidelity's
@@ -54,7 +56,10 @@ def save_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> str
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save(network.state_dict(), path)
+    if os.fspath(path).endswith(".safetensors"):
+        safetensors.torch.save_file({k: v.contiguous() for k, v in network.state_dict().items()}, path)
+    else:
+        torch.save(network.state_dict(), path)
     return str(path)
 
 
@@ -72,7 +77,8 @@ def _weights_error(source: str, error: BaseException) -> ValueError:
 
 
 def load_inception_state_dict(weights_path: str | os.PathLike | None = None) -> dict[str, Tensor]:
-    """The FID Inception-v3 state dict, read with `torch.load(weights_only=True)` (nothing in the file is executed).
+    """The FID Inception-v3 state dict, read from a `.safetensors` file or with `torch.load(weights_only=True)`
+    (nothing in the file is executed).
 
     `weights_path=None` downloads torch-fidelity's copy (cached by `torch.hub`; the cached file is read the same
     safe way). Raises `FileNotFoundError` / `ValueError` naming the file when it is missing, not a plain tensor
@@ -97,7 +103,10 @@ def load_inception_state_dict(weights_path: str | os.PathLike | None = None) -> 
         if not os.path.isfile(source):
             raise FileNotFoundError(f"Inception weights file not found: {source}")
         try:
-            state = torch.load(source, map_location="cpu", weights_only=True)
+            if source.endswith(".safetensors"):
+                state = safetensors.torch.load_file(source)
+            else:
+                state = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as error:
             raise _weights_error(source, error) from error
     if not isinstance(state, dict) or not all(
@@ -218,25 +227,6 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     if mu1.shape != mu2.shape:
         raise ValueError(f"Feature dimensions differ: {mu1.shape[0]} and {mu2.shape[0]}.")
     return _frechet_from_factor(mu1, sigma1, _psd_factor(sigma1), mu2, sigma2)
-
-
-def save_fid_stats(path: str | os.PathLike, mu: ArrayLike, sigma: ArrayLike) -> None:
-    """Write reference statistics as an ADM / torch-fidelity `.npz` (`mu` `[D]`, `sigma` `[D, D]`, float64)."""
-    mu, sigma = _as_float64(mu).cpu(), _as_float64(sigma).cpu()
-    _check_statistics(mu, sigma)
-    with open(path, "wb") as file:  # a file object: numpy would otherwise append ".npz" to the name
-        np.savez(file, mu=mu.numpy(), sigma=sigma.numpy())
-
-
-def load_fid_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read `(mu, sigma)` (float64 numpy arrays) from an ADM / torch-fidelity statistics `.npz`."""
-    with np.load(path, allow_pickle=False) as stats:
-        missing = {"mu", "sigma"} - set(stats.files)
-        if missing:
-            raise ValueError(f"{path} has no {sorted(missing)} array(s) (found {stats.files}); not an FID stats file.")
-        mu, sigma = stats["mu"].astype(np.float64), stats["sigma"].astype(np.float64)
-    _check_statistics(torch.from_numpy(mu), torch.from_numpy(sigma))
-    return mu, sigma
 
 
 def _moments(feature_sum: Tensor, outer_sum: Tensor, count: Tensor, side: str) -> tuple[Tensor, Tensor]:
@@ -364,7 +354,8 @@ class FIDMetric(FrechetInceptionDistance):
         return mu.clone(), sigma.clone()
 
     def set_real_statistics(self, mu: ArrayLike, sigma: ArrayLike, num_samples: int | None = None) -> None:
-        """Use given statistics (e.g. from `load_fid_stats`) as the real side; real `update`s are refused afterwards.
+        """Use given statistics (e.g. from `rae_hf.evaluation.load_reference_statistics`) as the real side; real
+        `update`s are refused afterwards.
 
         The reference is identical on every process and is not summed over processes; `reset()` keeps it.
         `num_samples` (images behind the statistics) is only recorded, as `reference_num_samples`.
@@ -391,9 +382,6 @@ __all__ = [
     "InceptionFeatureExtractor",
     "check_fid_sample_count",
     "frechet_distance",
-    "load_fid_stats",
     "load_inception_state_dict",
-    "save_fid_stats",
     "save_random_inception_weights",
-    "shard_for_process",
 ]

@@ -1,9 +1,13 @@
 """The one preset rule of rae_hf's configs: a preset fills only the fields the caller left unset (timm's
-`dict(preset, **kwargs)`), so explicit arguments always win.
+`dict(preset, **kwargs)`), so explicit arguments always win, and an unknown preset name is an error that lists the
+known ones.
 
-Model folders load as remote code without this package, so a config file cannot import this module: it keeps a
-verbatim copy of `apply_preset` under the marker ``# Copied from rae_hf.models.presets.apply_preset``, and
-`tests/foundation/test_model_copies.py` fails when a copy drifts from this original.
+Used by every config with presets: `RAEConfig(decoder_preset=...)`, `ViTVariantConfig(preset=...)`,
+`JiTConfig(preset=...)`, `DinoConfig(backbone_preset=...)`, `DiTDHConfig(preset=...)`, and the probe protocols of
+`ProbeTrainingArguments`. Model folders load as remote code without this package, so a config file cannot import
+this module: it keeps a verbatim copy of `apply_preset` under the marker
+``# Copied from rae_hf.models.presets.apply_preset``; `tests/foundation/test_model_copies.py` fails when a copy drifts
+from this original, and `tests/foundation/test_presets.py` checks every config follows the rule.
 """
 
 from __future__ import annotations

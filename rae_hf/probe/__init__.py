@@ -3,7 +3,8 @@
 Flow: `load_encoder` -> `extract_features` / `FeatureCache` (one encoder pass per split, cached, checksummed) ->
 `linear_probe` (default: L-BFGS logistic regression with an L2 sweep selected on held-out train, `logistic`; or the
 `LinearHeadGrid` + `train_heads` SGD grid of the DINOv2/MAE protocols, `protocols`) with its warnings
-(`diagnostics`) / `knn_evaluate` -> `ProbeClassifier`.
+(`diagnostics`) / `knn_evaluate` -> `ProbeClassifier`. `runner` strings these into a run (`frozen_probe`), as
+`run_probe.py` and DINO's before/after kNN call it.
 `import rae_hf` registers `ProbeClassifier` with `AutoConfig` and `AutoModelForImageClassification`.
 """
 

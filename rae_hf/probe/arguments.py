@@ -1,7 +1,8 @@
 """Arguments of `run_probe.py` (parsable by `HfArgumentParser`, from a recipe YAML and/or the command line).
 
-`ProbeArguments`: which encoder, which mode, which features and where they are cached. `ProbeTrainingArguments`
-(`rae_hf.trainers.probe_config`, re-exported here): the protocol, the head solver, kNN and fine-tuning settings.
+`ProbeArguments`: which encoder, which mode, which features and where they are cached. The protocol, the head
+solver, kNN and fine-tuning settings are `rae_hf.trainers.probe_config.ProbeTrainingArguments` (trainers import the
+probe package, never the other way round).
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rae_hf.probe.features import POOLINGS
-from rae_hf.trainers.probe_config import ProbeTrainingArguments
 
-__all__ = ["ProbeArguments", "ProbeTrainingArguments"]
+__all__ = ["ProbeArguments"]
 
 
 @dataclass

@@ -4,27 +4,37 @@ with `rae_hf.trainers.probe_trainer.ProbeTrainer` on a `ProbeClassifier`.
 `finetune_param_groups` gives the optimizer its groups: the new head at `head_lr_multiplier` x the learning rate,
 backbone block i (of L) at `layer_decay^(L - i)` x, the embeddings at `layer_decay^(L + 1)` x (MAE/BEiT layer-wise
 decay), and no weight decay on biases, norms and tokens.
+
+LoRA outputs: `save_finetuned` writes the merged classifier to the output folder and the unmerged adapter (LoRA
+weights plus the whole head, BatchNorm running statistics included) to `adapter/`; this reproduces the merged logits:
+
+    model = PeftModel.from_pretrained(lora_base(out), f"{out}/adapter")  # lora_base: rae_hf.probe.finetune
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from transformers import EvalPrediction
 
 from rae_hf.models.probe import ProbeClassifier
 from rae_hf.probe.accuracy import topk_accuracy
+from rae_hf.probe.encoders import load_encoder
 
 __all__ = [
     "apply_lora",
     "classification_metrics",
     "finetune_param_groups",
     "layer_id",
+    "lora_base",
     "lora_target_modules",
+    "save_finetuned",
     "unfreeze",
 ]
 
@@ -54,13 +64,46 @@ def apply_lora(
     target_modules: Sequence[str] | None = None,
 ) -> PeftModel:
     """Wrap `model` with LoRA adapters on its encoder's attention query/value projections (`lora_target_modules`,
-    unless `target_modules` names others). Only the adapters and the classification head (a trainable copy,
-    `modules_to_save`) are trained."""
+    unless `target_modules` names others). Only the adapters and the head are trained: the linear layer and a
+    BatchNorm `head_norm` (its running statistics change in training) are trainable copies (`modules_to_save`), so the
+    adapter and its checkpoints carry every weight and statistic training changes (exact resume)."""
     targets = list(target_modules or lora_target_modules(model.encoder.backbone))
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, modules_to_save=["classifier"]
-    )
-    return get_peft_model(model, config)
+    head = ["classifier"] + (["norm"] if any(True for _ in model.norm.buffers()) else [])
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, modules_to_save=head)
+    peft_model = get_peft_model(model, config)
+    copied = [name for name, module in peft_model.named_modules() if isinstance(module, ModulesToSaveWrapper)]
+    if sorted(name.rsplit(".", 1)[-1] for name in copied) != sorted(head) or any(
+        name != f"base_model.model.{name.rsplit('.', 1)[-1]}" for name in copied
+    ):
+        raise ValueError(f"The head's trainable copies {head} also matched encoder modules: {copied}.")
+    return peft_model
+
+
+def save_finetuned(model: nn.Module, output_dir: str, base_model_name_or_path: str | None = None) -> nn.Module:
+    """Save a fine-tuned classifier to `output_dir`; for a LoRA `PeftModel`, first its unmerged adapter to
+    `output_dir/adapter` (its `base_model_name_or_path`: the encoder, see `lora_base`), then the merged model."""
+    if isinstance(model, PeftModel):
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = base_model_name_or_path
+        model.save_pretrained(os.path.join(output_dir, "adapter"))
+        model = model.merge_and_unload()
+    model.save_pretrained(output_dir)
+    return model
+
+
+def lora_base(output_dir: str | os.PathLike, encoder_name_or_path: str | None = None) -> ProbeClassifier:
+    """The classifier a saved LoRA adapter (`output_dir/adapter`) applies to: `output_dir`'s config around the
+    pretrained encoder's weights (the adapter's `base_model_name_or_path` unless `encoder_name_or_path` is given).
+    Its head is fresh: `PeftModel.from_pretrained(lora_base(out), f"{out}/adapter")` loads the trained one."""
+    config = ProbeClassifier.config_class.from_pretrained(output_dir)
+    if encoder_name_or_path is None:
+        encoder_name_or_path = PeftConfig.from_pretrained(os.path.join(output_dir, "adapter")).base_model_name_or_path
+    if not encoder_name_or_path:
+        raise ValueError(f"{output_dir}/adapter names no base encoder: pass encoder_name_or_path.")
+    encoder = load_encoder(encoder_name_or_path, image_size=config.image_size)
+    model = ProbeClassifier(config)
+    model.encoder.load_state_dict(encoder.state_dict())
+    return model.eval()
 
 
 def unfreeze(model: ProbeClassifier) -> ProbeClassifier:

@@ -1,4 +1,5 @@
-"""Probe results on disk (JSON, a Markdown table, a PNG of accuracy vs learning rate or L2 strength) and in W&B.
+"""Probe results on disk (JSON, a Markdown table, a PNG of accuracy vs the swept parameter: `accuracy_vs_l2.png` for
+L-BFGS heads, `accuracy_vs_lr.png` for the SGD learning-rate grid) and in W&B.
 
 `write_results` writes the JSON and the Markdown first; the plot comes last and a failure to draw it is logged, never
 raised, so a finished probe always leaves its numbers. The plot is drawn with PIL: matplotlib is not a dependency of
@@ -14,9 +15,21 @@ import os
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["RESULT_FILES", "best_head", "log_to_wandb", "markdown_report", "plot_accuracy_vs_lr", "write_results"]
+from ..hub import card_model_id, classifier_model_card
 
-RESULT_FILES = {"json": "probe_results.json", "markdown": "probe_results.md", "plot": "accuracy_vs_lr.png"}
+__all__ = [
+    "PLOT_FILES",
+    "RESULT_FILES",
+    "best_head",
+    "log_to_wandb",
+    "markdown_report",
+    "plot_accuracy_vs_lr",
+    "probe_model_card",
+    "write_results",
+]
+
+RESULT_FILES = {"json": "probe_results.json", "markdown": "probe_results.md"}
+PLOT_FILES = {"l2": "accuracy_vs_l2.png", "base_learning_rate": "accuracy_vs_lr.png"}  # by the swept parameter
 logger = logging.getLogger(__name__)
 COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # fmt: skip
@@ -136,11 +149,14 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def plot_accuracy_vs_lr(heads: list[dict], path: str, title: str = "Linear probe", best: dict | None = None) -> str:
     """Top-1 validation accuracy vs the swept parameter (base learning rate or L2 strength, log scale), one line per
-    feature variant; the `best` head (default: the best on validation) is ringed. Written as a PNG at `path`.
+    feature variant; the `best` head (default: the best on validation) is ringed. When `best` was refit on all of
+    train after its selection on a held-out part (L-BFGS protocol), its reported accuracy is drawn as a black diamond
+    at the same strength, with a note saying why it differs from the ringed sweep point. Written as a PNG at `path`.
     Diverged heads and non-positive values (no log position) are left out; nothing left gives an empty frame."""
     key = _grid_key(heads)
     best = best if best is not None else best_head(heads)
     heads = [head for head in heads if head.get(key) is not None and head[key] > 0]
+    refit = best if best is not None and best.get("holdout_top1") is not None and best.get(key, 0) > 0 else None
     width, height, left, right, top, bottom = 960, 560, 80, 230, 50, 70
     plot_w, plot_h = width - left - right, height - top - bottom
     image = Image.new("RGB", (width, height), "white")
@@ -152,6 +168,7 @@ def plot_accuracy_vs_lr(heads: list[dict], path: str, title: str = "Linear probe
     if x_max - x_min < 1e-9:
         x_min, x_max = x_min - 0.5, x_max + 0.5
     accuracies = [100 * head["top1"] for head in heads if not head.get("diverged")] or [0.0, 100.0]
+    accuracies += [100 * refit["top1"]] if refit is not None else []
     low, high = min(accuracies) - 1, max(accuracies) + 1
     y_step = next((step for step in (1, 2, 5, 10) if high - low <= 5 * step), 20)
     y_min = max(0, y_step * math.floor(low / y_step))
@@ -195,8 +212,41 @@ def plot_accuracy_vs_lr(heads: list[dict], path: str, title: str = "Linear probe
         legend_y = top + 10 + 24 * index
         draw.rectangle([left + plot_w + 20, legend_y, left + plot_w + 40, legend_y + 12], fill=color)
         draw.text((left + plot_w + 48, legend_y + 6), variant, fill="black", font=small, anchor="lm")
+    if refit is not None:
+        x, y = to_xy(refit[key], 100 * refit["top1"])
+        draw.polygon([(x, y - 8), (x + 8, y), (x, y + 8), (x - 8, y)], fill="black")
+        legend_y = top + 10 + 24 * len(variants)
+        draw.polygon([(left + plot_w + 30, legend_y), (left + plot_w + 38, legend_y + 6), (left + plot_w + 30,
+                      legend_y + 12), (left + plot_w + 22, legend_y + 6)], fill="black")  # fmt: skip
+        draw.text((left + plot_w + 48, legend_y + 6), "reported head", fill="black", font=small, anchor="lm")
+        note = (f"Ringed: selected on held-out train images ({_pct(refit['holdout_top1'])}% there). "
+                f"Diamond: refit on all of train, the reported {_pct(refit['top1'])}%.")  # fmt: skip
+        draw.text((left, height - 42), note, fill="black", font=small, anchor="lm")
     image.save(path)
     return path
+
+
+def probe_model_card(config, results: dict, training_args) -> str:
+    """The card of the saved probe classifier: encoder, head, validation accuracy, a usage snippet."""
+    encoder = results["encoder"]["name_or_path"]
+    head = results.get("finetune") or results.get("best") or {}
+    settings = [("mode", results["mode"]), ("feature", head.get("feature"))]
+    settings += [(key, head[key]) for key in ("solver", "l2", "base_learning_rate") if key in head]
+    settings += [("protocol", (results.get("training") or {}).get("protocol"))]
+    metrics = {f"validation_{key}": head[key] for key in ("top1", "top5") if head.get(key) is not None}
+    return classifier_model_card(
+        config,
+        f"{results['mode'].capitalize()} probe of `{encoder}`",
+        f"An image classifier made by rae_hf's `run_probe.py` ({results['mode']}) on the features of `{encoder}`; "
+        "every head and the kNN numbers are in `probe_results.md`.",
+        card_model_id(training_args),
+        ["probe", results["mode"]],
+        remote_code=False,
+        image_processor=False,
+        settings=[(key, value) for key, value in settings if value is not None],
+        metrics=metrics,
+        base_model=encoder,
+    )
 
 
 def write_results(output_dir: str, results: dict) -> dict[str, str]:
@@ -209,8 +259,8 @@ def write_results(output_dir: str, results: dict) -> dict[str, str]:
     _write_text(paths["json"], json.dumps(results, indent=2))
     _write_text(paths["markdown"], markdown_report(results))
     if not results.get("heads"):
-        del paths["plot"]
         return paths
+    paths["plot"] = os.path.join(output_dir, PLOT_FILES[_grid_key(results["heads"])])
     try:
         title = f"Linear probe of {results['encoder']['name_or_path']}"
         plot_accuracy_vs_lr(results["heads"], paths["plot"], title, best=results.get("best"))
@@ -251,7 +301,7 @@ def log_to_wandb(results: dict, paths: dict[str, str], run_name: str | None, con
     if results.get("finetune"):
         summary.update({f"probe/{k}": v for k, v in results["finetune"].items() if isinstance(v, float)})
     if "plot" in paths:
-        logs["probe/accuracy_vs_lr"] = wandb.Image(paths["plot"])
+        logs[f"probe/{os.path.splitext(os.path.basename(paths['plot']))[0]}"] = wandb.Image(paths["plot"])
     summary["probe/warnings"] = len(results.get("warnings") or [])
     run.summary.update(summary)
     if logs:

@@ -1,5 +1,5 @@
 """Per-round records of a pruning run: `rounds.jsonl` (appended), `rounds.csv`, `rounds.md` and a PNG plot of
-top-1 accuracy against weight sparsity, all in the run's output directory."""
+top-1 accuracy against weight sparsity, all in the run's output directory; the model card of the final folders."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import os
 
 from PIL import Image, ImageDraw, ImageFont
+
+from ..hub import COMMON_TRAINING_KEYS, card_model_id, classifier_model_card, recipe_rows
 
 ROUND_FILES = {
     "jsonl": "rounds.jsonl",
@@ -65,6 +67,28 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def prune_model_card(config, rows: list[dict], training_args, folder: str, masked: bool) -> str:
+    """The card of `final/` (the shrunk ViT, `masked=False`) or `final_masked/` (zeros in place): the last round's
+    sparsity and accuracy, the pruning recipe, an `AutoModelForImageClassification` snippet."""
+    last = rows[-1] if rows else {}
+    what = "pruned entries kept as zeros (original shapes)" if masked else "pruned heads and MLP channels removed"
+    metrics = {key: last[key] for key, _, _ in COLUMNS if key != "round" and last.get(key) is not None}
+    keys = (*COMMON_TRAINING_KEYS, "prune_method", "prune_rounds", "prune_rate", "criterion")
+    return classifier_model_card(
+        config,
+        f"Pruned ViT ({training_args.prune_method}, {len(rows)} round{'s' * (len(rows) != 1)}{', masked' * masked})",
+        f"A ViT image classifier pruned with rae_hf ({training_args.prune_method}): {what}. Per-round numbers are in "
+        "the run's `rounds.md`.",
+        card_model_id(training_args, os.path.join(training_args.output_dir, folder)),
+        ["vit", "pruning", training_args.prune_method],
+        remote_code=True,
+        image_processor=True,
+        settings=recipe_rows(training_args, keys),
+        metrics=metrics,
+        base_model=getattr(config, "_name_or_path", None),
+    )
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
@@ -73,7 +97,8 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def plot_accuracy_vs_sparsity(rows: list[dict], path: str, title: str = "Pruning rounds") -> str:
-    """Validation top-1 (%) against weight sparsity (%), one point per round, labelled with the round."""
+    """Validation top-1 (%) against weight sparsity (%), one point per round, labelled "round N" where the label
+    overlaps no point and no other label."""
     width, height, left, right, top, bottom = 800, 500, 70, 30, 45, 60
     plot_w, plot_h = width - left - right, height - top - bottom
     image = Image.new("RGB", (width, height), "white")
@@ -100,8 +125,35 @@ def plot_accuracy_vs_sparsity(rows: list[dict], path: str, title: str = "Pruning
     xy = [to_xy(x, y) for x, y, _ in points]
     if len(xy) > 1:
         draw.line(xy, fill=(31, 119, 180), width=3)
-    for (x, y), (_, _, index) in zip(xy, points, strict=True):
+    for x, y in xy:
         draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(31, 119, 180))
-        draw.text((x + 6, y - 6), str(index), fill="black", font=small, anchor="lb")
+    taken = [(x - 5, y - 5, x + 5, y + 5) for x, y in xy]  # the points, then each label placed
+    for (x, y), (_, _, index) in zip(xy, points, strict=True):
+        text = f"round {index}"
+        box = _free_label_box(draw, text, small, x, y, taken, (left, top, left + plot_w, top + plot_h))
+        taken.append(box)
+        draw.text(box[:2], text, fill="black", font=small, anchor="lt")
     image.save(path)
     return path
+
+
+def _overlaps(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _free_label_box(draw, text: str, font, x: float, y: float, taken: list[tuple], frame: tuple) -> tuple:
+    """The box `(x0, y0, x1, y1)` of a label near the point `(x, y)`: the first spot (right, left, above, below, then
+    further out) inside `frame` that overlaps no box in `taken`; the first spot when every one is taken."""
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font, anchor="lt")
+    w, h = x1 - x0, y1 - y0
+    spots = []
+    for distance in (1, 2, 3, 4, 5):
+        gap = 8 + (distance - 1) * (h + 4)
+        spots += [(x + 8, y - gap - h + 8 * (distance == 1)), (x - 8 - w, y - gap - h + 8 * (distance == 1)),
+                  (x + 8, y + gap - 8 * (distance == 1)), (x - 8 - w, y + gap - 8 * (distance == 1))]  # fmt: skip
+    boxes = [(sx, sy, sx + w, sy + h) for sx, sy in spots]
+    inside = [b for b in boxes if b[0] >= frame[0] and b[1] >= frame[1] and b[2] <= frame[2] and b[3] <= frame[3]]
+    for box in inside:
+        if not any(_overlaps(box, other) for other in taken):
+            return box
+    return (inside or boxes)[0]

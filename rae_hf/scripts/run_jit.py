@@ -13,22 +13,18 @@ import json
 import os
 from dataclasses import dataclass, field
 
-import datasets
 import torch
 from accelerate import Accelerator
-from PIL import Image
-from torchvision.transforms import v2
 from transformers import set_seed
 
-from rae_hf.callbacks.jit_samples import jit_sample_fn
-from rae_hf.callbacks.jit_text import TextRecoveryCallback
-from rae_hf.cli import parse_args, resolve_resume_checkpoint, save_run_config, setup_logging
-from rae_hf.data import DataArguments, ImageCollator, load_image_splits, with_image_transform
+from rae_hf.cli import parse_args, save_run_config, setup_logging
+from rae_hf.data import DataArguments, ImageCollator, image_transform, load_image_splits, with_image_transform
 from rae_hf.evaluation import compute_reference_statistics, evaluate_generation
 from rae_hf.models.jit import JiTConfig, JiTModel
 from rae_hf.text_pixels import TextPixelCodec, load_text_splits, make_quickstart_texts, with_text_pixels
 from rae_hf.tools.quickstart_assets import ensure_image_folders
-from rae_hf.trainers.checkpoints import check_output_dir
+from rae_hf.trainers.checkpoints import prepare_output_dir
+from rae_hf.trainers.jit_callbacks import TextRecoveryCallback, jit_sample_fn
 from rae_hf.trainers.jit_config import JiTTrainingArguments
 from rae_hf.trainers.jit_trainer import JiTTrainer
 
@@ -89,25 +85,6 @@ class EvaluationArguments:
     )
 
 
-class ADMImageTransform:
-    """ADM center crop (halve with a box filter while the short side >= 2 x size, bicubic to size, center crop),
-    optional horizontal flip (p 0.5, torch RNG), to a `[3, size, size]` tensor in [0, 1]."""
-
-    def __init__(self, size: int, hflip: bool):
-        self.size = size
-        self.flip = v2.RandomHorizontalFlip() if hflip else None
-        self.to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        while min(image.size) >= 2 * self.size:
-            image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
-        scale = self.size / min(image.size)
-        image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC)
-        left, top = (image.size[0] - self.size) // 2, (image.size[1] - self.size) // 2
-        tensor = self.to_tensor(image.crop((left, top, left + self.size, top + self.size)))
-        return self.flip(tensor) if self.flip is not None else tensor
-
-
 def build_model(args: ModelArguments, num_classes: int, image_size: int | None) -> JiTModel:
     """A saved JiT, an official checkpoint, or a new model from the preset (explicit sizes win)."""
     if args.model_name_or_path:
@@ -135,16 +112,10 @@ def image_datasets(data_args, task_args, image_size: int, seed: int):
     splits = load_image_splits(data_args, seed=seed)
     column = data_args.image_column_name
     keep = ["label"] if "label" in (splits["train"].column_names or []) else []
-    train = with_image_transform(splits["train"], ADMImageTransform(image_size, task_args.hflip), column, keep)
-    validation = with_image_transform(splits["validation"], ADMImageTransform(image_size, False), column)
+    train_transform = image_transform("adm_center_crop", image_size, hflip=task_args.hflip)  # ADM crop (+ flip)
+    train = with_image_transform(splits["train"], train_transform, column, keep)
+    validation = with_image_transform(splits["validation"], image_transform("adm_center_crop", image_size), column)
     return train, validation, _label_count(splits["train"]) if keep else 0
-
-
-def first_texts(split, count: int, column: str) -> list[str]:
-    """The first `count` texts of a split (streamed or not)."""
-    if isinstance(split, datasets.IterableDataset):
-        return [example[column] or "" for example in split.take(count)]
-    return [text or "" for text in split.select(range(min(count, len(split))))[column]]
 
 
 def run_generation_eval(model, eval_args, training_args, logger) -> list[dict]:
@@ -243,22 +214,20 @@ def main(argv: list[str] | None = None) -> None:
         run_generation_eval(model, eval_args, training_args, logger)
         return
 
-    resume = resolve_resume_checkpoint(training_args)
-    if training_args.should_save:  # before anything is written: never mix a new run into a finished one
-        check_output_dir(training_args.output_dir, resume is not None, training_args.overwrite_output_dir)
+    resume = prepare_output_dir(  # before anything is written: never mix a new run into another one
+        training_args.output_dir,
+        training_args.resume_from_checkpoint,
+        training_args.overwrite_output_dir,
+        allow_partial_resume=training_args.allow_partial_resume,
+    )
     trainer = JiTTrainer(
         model=model, args=training_args, train_dataset=train, eval_dataset=validation, data_collator=collator
     )
     if codec is not None:
-        train_texts = [t or "" for t in splits["train"][: training_args.text_metrics_samples][task_args.text_column]]
-        eval_texts = [
-            t or "" for t in splits["validation"][: training_args.text_metrics_samples][task_args.text_column]
-        ]
-        trainer.add_callback(
-            TextRecoveryCallback(
-                trainer, codec, train_texts, eval_texts, training_args.text_metrics_steps, trainer.ema1
-            )
-        )
+        count, column = training_args.text_metrics_samples, task_args.text_column
+        train_texts, eval_texts = ([t or "" for t in splits[name][:count][column]] for name in ("train", "validation"))
+        steps = training_args.text_metrics_steps
+        trainer.add_callback(TextRecoveryCallback(trainer, codec, train_texts, eval_texts, steps, trainer.ema1))
     if training_args.should_save:
         save_run_config(training_args.output_dir, model_args, task_args, data_args, eval_args, training_args)
 

@@ -17,13 +17,20 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoConfig, set_seed
 
-from rae_hf.cli import parse_args, resolve_resume_checkpoint, save_run_config, setup_logging
-from rae_hf.data import DataArguments, ImageCollator, build_image_transform, load_image_splits, with_image_transform
-from rae_hf.evaluation import compute_reference_statistics, evaluate_reconstruction, shard_loader
+from rae_hf.cli import parse_args, save_run_config, setup_logging
+from rae_hf.data import (
+    DataArguments,
+    ImageCollator,
+    image_transform,
+    load_image_splits,
+    shard_loader,
+    with_image_transform,
+)
+from rae_hf.evaluation import compute_reference_statistics, evaluate_reconstruction
 from rae_hf.models.rae import RAEModel
 from rae_hf.models.rae.latent_stats import compute_latent_stats
 from rae_hf.tools.quickstart_assets import ensure_image_folders, ensure_tiny_models
-from rae_hf.trainers.checkpoints import check_output_dir
+from rae_hf.trainers.checkpoints import prepare_output_dir
 from rae_hf.trainers.rae_config import RAETrainingArguments
 from rae_hf.trainers.rae_trainer import RAETrainer
 from rae_hf.visualization import save_reconstruction_grid
@@ -188,17 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     splits = load_image_splits(data_args, seed=training_args.seed)
     column = data_args.image_column_name
     collator = ImageCollator(max_bad_image_fraction=data_args.max_bad_image_fraction)
-    eval_transform = build_image_transform(image_size, train=False)
+    eval_transform = image_transform("center_crop", image_size)
 
     if model_args.compute_latent_stats:
-        run_latent_stats(
-            model,
-            with_image_transform(splits["train"], eval_transform, column),
-            collator,
-            model_args,
-            training_args,
-            logger,
-        )
+        train_dataset = with_image_transform(splits["train"], eval_transform, column)
+        run_latent_stats(model, train_dataset, collator, model_args, training_args, logger)
         return
 
     eval_dataset = with_image_transform(splits["validation"], eval_transform, column)
@@ -206,12 +207,14 @@ def main(argv: list[str] | None = None) -> None:
         run_evaluation(model, eval_dataset, collator, eval_args, training_args, logger)
         return
 
-    train_dataset = with_image_transform(
-        splits["train"], build_image_transform(image_size, data_args.resize_size, train=True), column
+    train_transform = image_transform("rae_train", image_size, resize_size=data_args.resize_size)
+    train_dataset = with_image_transform(splits["train"], train_transform, column)
+    resume = prepare_output_dir(  # before anything is written: never mix a new run into another one
+        training_args.output_dir,
+        training_args.resume_from_checkpoint,
+        training_args.overwrite_output_dir,
+        allow_partial_resume=training_args.allow_partial_resume,
     )
-    resume = resolve_resume_checkpoint(training_args)
-    if training_args.should_save:  # before anything is written: never mix a new run into a finished one
-        check_output_dir(training_args.output_dir, resume is not None, training_args.overwrite_output_dir)
     trainer = RAETrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=collator
     )

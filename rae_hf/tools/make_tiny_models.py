@@ -3,7 +3,7 @@ discriminator backbone (each with its config, the encoder with its image-process
 Inception-v3 weights (so the rFID pipeline runs without network; its scores are not real FIDs).
 
     python -m rae_hf.tools.make_tiny_models --output_dir runs/tiny-models
-    # -> runs/tiny-models/encoder, runs/tiny-models/discriminator, runs/tiny-models/inception-random.pth
+    # -> runs/tiny-models/encoder, runs/tiny-models/discriminator, runs/tiny-models/inception-random.safetensors
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     encoder = make_tiny_encoder(os.path.join(args.output_dir, "encoder"), image_size=args.image_size)
     discriminator = make_tiny_discriminator(os.path.join(args.output_dir, "discriminator"))
-    inception = save_random_inception_weights(os.path.join(args.output_dir, "inception-random.pth"))
+    inception = save_random_inception_weights(os.path.join(args.output_dir, "inception-random.safetensors"))
     print(f"Wrote {encoder}, {discriminator} and {inception}")
 
 

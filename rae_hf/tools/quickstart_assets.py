@@ -11,7 +11,7 @@ QUICKSTART_SPLITS = {"train": 64, "validation": 16, "test": 16}
 
 
 def ensure_tiny_models(folder: str, image_size: int = 64) -> str:
-    """`folder/{encoder,discriminator,inception-random.pth}`, written unless already there."""
+    """`folder/{encoder,discriminator,inception-random.safetensors}`, written unless already there."""
     from rae_hf.metrics import save_random_inception_weights
     from rae_hf.tools.make_tiny_models import make_tiny_discriminator, make_tiny_encoder
 
@@ -19,7 +19,7 @@ def ensure_tiny_models(folder: str, image_size: int = 64) -> str:
         make_tiny_encoder(os.path.join(folder, "encoder"), image_size=image_size)
     if not os.path.isfile(os.path.join(folder, "discriminator", "config.json")):
         make_tiny_discriminator(os.path.join(folder, "discriminator"))
-    inception = os.path.join(folder, "inception-random.pth")
+    inception = os.path.join(folder, "inception-random.safetensors")
     if not os.path.isfile(inception):
         save_random_inception_weights(inception)
     return folder

@@ -1,12 +1,18 @@
 """`BaseTrainingArguments`: what every rae_hf trainer shares on top of `transformers.TrainingArguments` — logging,
-EMA, image evaluation (FID), sample grids, reliability switches — validated when the arguments are built."""
+EMA, image evaluation (FID), sample grids, reliability switches — validated when the arguments are built.
+
+CUDA defaults (CPU runs are unchanged): TF32 matmuls and convolutions on (`tf32`, on Ampere or newer), fused AdamW
+(Trainer's `optim` default, `adamw_torch_fused`), pinned host memory with non-blocking copies of the batches, and
+data workers kept alive across epochs when there are any (`dataloader_persistent_workers`)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
+from transformers.utils import is_torch_tf32_available
 
 
 @dataclass
@@ -20,6 +26,14 @@ class BaseTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Keep False: a NaN/inf loss must stop the run, not be averaged away."}
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Images arrive as `pixel_values`."})
+    tf32: bool | None = field(
+        default=None,
+        metadata={"help": "TF32 matmuls/convolutions (Ampere or newer GPUs). Default: on when training on CUDA."},
+    )
+    dataloader_persistent_workers: bool | None = field(
+        default=None,
+        metadata={"help": "Keep data workers alive across epochs. Default: on when dataloader_num_workers > 0."},
+    )
     log_csv: bool = field(default=True, metadata={"help": "Also write every logged value to output_dir/logs.csv."})
     profile_steps: int = field(
         default=0, metadata={"help": "Profile this many steps with torch.profiler (trace in output_dir/profile)."}
@@ -50,14 +64,29 @@ class BaseTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Resume from a checkpoint lacking optimizer/scheduler/RNG files (with a warning)."},
     )
+    allow_config_change: bool = field(
+        default=False,
+        metadata={"help": "Resume with a changed run configuration (new lr, schedule...; applied from that step)."},
+    )
 
     def __post_init__(self):
         if self.lr_scheduler_type == "cosine_with_min_lr" and not self.lr_scheduler_kwargs:
             self.lr_scheduler_kwargs = {"min_lr": self.min_lr}
-        if self.accelerator_config is None:  # streamed data: every process reads its own batches (no concatenation)
-            self.accelerator_config = {"dispatch_batches": False}
+        cuda = not self.use_cpu and torch.cuda.is_available()
+        if self.accelerator_config is None:
+            # streamed data: every process reads its own batches (no concatenation); on CUDA, batches from pinned
+            # memory are copied to the device without blocking the host
+            self.accelerator_config = {"dispatch_batches": False, "non_blocking": cuda}
+        if self.tf32 is None and cuda and is_torch_tf32_available():
+            self.tf32 = True
+        if self.dataloader_persistent_workers is None:
+            self.dataloader_persistent_workers = self.dataloader_num_workers > 0
         self._validate_shared()
         super().__post_init__()
+        if cuda and self.tf32:
+            # transformers switched TF32 on through torch's per-backend API; torch 2.9-2.14 then raise when anything
+            # (inductor's caches among them) reads the legacy setting. The legacy call leaves both readable.
+            torch.set_float32_matmul_precision("high")
 
     def _validate_shared(self) -> None:
         """Reject values that would fail deep inside a run (or silently do the wrong thing), naming the argument."""

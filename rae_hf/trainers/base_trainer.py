@@ -13,6 +13,21 @@
 - Exact resume at any step: training data augmentations depend on (seed, epoch, index) only (`data.seeded`).
 - SIGTERM/SIGINT: a checkpoint is saved after the current step and the run stops (`--save_on_signal`).
 - A new run never writes over a finished one in `output_dir` (`--overwrite_output_dir` to replace it).
+
+Non-public `Trainer` hooks that remain (no public hook does the job; all are checked at import against the installed
+transformers by `trainer_contract`, with the tested range in the error):
+- `_maybe_log_save_evaluate`: the only per-optimizer-step place that sees the accumulated loss tensor (finite flag).
+- `_get_output_dir`, `_save_checkpoint`: write each checkpoint into a staging folder, then rename it into place.
+- `_save_optimizer_and_scheduler`, `_load_optimizer_and_scheduler`: registered extra state travels with them.
+- `_save`: a final (non-checkpoint) folder gets `training_args.json` instead of the pickled `training_args.bin`.
+- `_load_from_checkpoint`: resume weights through `from_pretrained` (legacy names mapped back), reported by
+  `_issue_warnings_after_load`.
+- `set_initial_training_values`: the only place that knows steps per epoch before the schedules are built; unpacked
+  by name (`TrainingValues`) and passed to `on_training_values`, the hook method trainers override.
+- `get_batch_samples`: drops batches whose images were all undecodable before they reach the model.
+- Method trainers: `_clip_grad_norm` (DINO per-module clipping, keeping Trainer's `grad_norm` log) and `_save` +
+  `_issue_warnings_after_load` (RAE checkpoints leave out the frozen encoder). The epoch of the seeded augmentations
+  is set by a callback (`on_epoch_begin`), not by `_run_epoch`.
 """
 
 from __future__ import annotations
@@ -21,29 +36,40 @@ import logging
 import math
 import os
 import shutil
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 import safetensors.torch
 import torch
-from transformers import PreTrainedModel, Trainer, TrainerCallback
-from transformers.trainer_utils import rotate_checkpoints
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
 
 from ..callbacks import CSVLoggerCallback, EMACallback, TorchProfilerCallback
 from ..data.collate import is_empty_batch
 from ..data.images import BadImageError
 from ..data.seeded import seeded_augmentations
 from ..hub import write_model_card
+from .base_callbacks import EpochCallback, SignalCallback
 from .checkpoints import (
-    check_output_dir,
     explain_save_failure,
     last_complete_checkpoint,
     missing_resume_files,
+    prepare_output_dir,
     write_complete_marker,
 )
+from .run_config_check import (
+    apply_new_hyperparameters,
+    check_resume_config,
+    optimizer_hyperparameters,
+    run_record,
+    write_run_record,
+)
+from .state_files import load_state_files, save_state_files
+from .trainer_contract import PRIVATE_TRAINER_ATTRIBUTES, TrainingValues, check_trainer_contract, training_values
 
+check_trainer_contract()
 logger = logging.getLogger(__name__)
 STAGING_DIR = ".staging"
 
@@ -54,37 +80,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised after a SIGTERM/SIGINT stopped training (a checkpoint of the last finished step was saved)."""
-
-
-class _SignalCallback(TrainerCallback):
-    """Turns SIGTERM/SIGINT into "save a checkpoint after this step, then stop" (main thread only)."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is not None:  # a second signal: stop at once
-            raise KeyboardInterrupt(f"signal {signum}")
-        self.received = signum
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.received = None
-        try:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        except ValueError:  # not the main thread: leave the handlers alone
-            self._previous.clear()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.received is not None:
-            control.should_save = True
-            control.should_training_stop = True
-
-    def on_train_end(self, args, state, control, **kwargs):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
 
 
 class StateHandle:
@@ -99,7 +94,11 @@ class BaseTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        missing = [name for name in PRIVATE_TRAINER_ATTRIBUTES if not hasattr(self, name)]
+        if missing:
+            raise TypeError(f"transformers.Trainer no longer sets {missing}, which rae_hf's schedulers set.")
         self.train_dataset = seeded_augmentations(self.train_dataset, self.args.data_seed or self.args.seed)
+        self.training_values: TrainingValues | None = None  # set when training starts
         self._states: dict[str, Any] = {}
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_counts: dict[str, int] = {}
@@ -108,7 +107,10 @@ class BaseTrainer(Trainer):
         self._skipped_images: torch.Tensor | None = None
         self._nonfinite_step: torch.Tensor | None = None  # first optimizer step with a non-finite loss, -1: none
         self._staging = False
-        self._signal = _SignalCallback()
+        self._run_record: dict = {}  # the resolved run configuration, recorded in every checkpoint
+        self._config_changes: list = []  # changes accepted on resume with --allow_config_change
+        self._signal = SignalCallback()
+        self.add_callback(EpochCallback(self))
         if getattr(self.args, "save_on_signal", True):
             self.add_callback(self._signal)
         if getattr(self.args, "log_csv", False):
@@ -118,7 +120,8 @@ class BaseTrainer(Trainer):
 
     # ----- extra state ------------------------------------------------------------------------------------------
     def register_state(self, name: str, obj: Any) -> None:
-        """Save `obj.state_dict()` in every checkpoint as `<name>.safetensors|.pt` and restore it on resume."""
+        """Save `obj.state_dict()` in every checkpoint as `<name>.safetensors` (+ `<name>.json` for nested state)
+        and restore it on resume."""
         if not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"State name {name!r} must be letters, digits, '_' or '-'.")
         if name in self._states and self._states[name] is not obj:
@@ -144,12 +147,14 @@ class BaseTrainer(Trainer):
                 tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
                 safetensors.torch.save_file(tensors, os.path.join(output_dir, f"{name}.safetensors"))
             else:
-                torch.save(state, os.path.join(output_dir, f"{name}.pt"))
+                save_state_files(state, output_dir, name)
 
     def _load_states(self, checkpoint: str) -> None:
         for name, obj in self._states.items():
             tensors, pickle = (os.path.join(checkpoint, f"{name}.{ext}") for ext in ("safetensors", "pt"))
-            if os.path.isfile(tensors):
+            if os.path.isfile(os.path.join(checkpoint, f"{name}.json")):
+                obj.load_state_dict(load_state_files(checkpoint, name))
+            elif os.path.isfile(tensors):
                 obj.load_state_dict(safetensors.torch.load_file(tensors))
             elif os.path.isfile(pickle):
                 obj.load_state_dict(load_torch_state(pickle))
@@ -210,7 +215,7 @@ class BaseTrainer(Trainer):
     # ----- non-finite detection ---------------------------------------------------------------------------------
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, epoch, *args, **kwargs) -> None:
         """Once per optimizer step: fold the loss's finiteness into a device flag (no host sync)."""
-        step = torch.tensor(self.state.global_step, device=tr_loss.device)
+        step = torch.full((), self.state.global_step, dtype=torch.long, device=tr_loss.device)  # no host copy
         if self._nonfinite_step is None or self._nonfinite_step.device != tr_loss.device:
             self._nonfinite_step = torch.full((), -1, dtype=torch.long, device=tr_loss.device)
         first = (self._nonfinite_step < 0) & ~torch.isfinite(tr_loss.detach()).all()
@@ -286,6 +291,7 @@ class BaseTrainer(Trainer):
         if self.args.should_save:
             if os.path.isdir(final):
                 shutil.rmtree(final)
+            write_run_record(staged, self._run_record)
             os.replace(staged, final)
             write_complete_marker(final, self.state.global_step)
             if self.state.best_model_checkpoint:
@@ -317,9 +323,18 @@ class BaseTrainer(Trainer):
         self._save_states(output_dir)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        fresh = optimizer_hyperparameters(self.optimizer) if checkpoint and self._config_changes else None
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
             self._load_states(checkpoint)
+        if fresh is not None:  # --allow_config_change: the new hyperparameters and schedule from the current step
+            apply_new_hyperparameters(self.optimizer, self.lr_scheduler, fresh)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Trainer's save; a final (non-checkpoint) folder gets the arguments as `training_args.json` instead of
+        Trainer's pickled `training_args.bin`, so a published folder holds no pickle."""
+        super()._save(output_dir, state_dict=state_dict)
+        save_arguments_as_json(output_dir or self.args.output_dir, self.args)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the model; a final (non-checkpoint) save refuses non-finite losses or weights."""
@@ -328,11 +343,17 @@ class BaseTrainer(Trainer):
         super().save_model(output_dir, _internal_call)
 
     # ----- exact resume -----------------------------------------------------------------------------------------
-    def _run_epoch(self, *args, **kwargs):
-        """Tell the seeded training data which epoch it serves (its augmentations depend on it)."""
-        if hasattr(self.train_dataset, "set_epoch"):
-            self.train_dataset.set_epoch(kwargs["epoch"])
-        return super()._run_epoch(*args, **kwargs)
+    def set_initial_training_values(self, args, dataloader):
+        """Trainer's step counts, named once (`TrainingValues`), then `on_training_values` (override that)."""
+        values = super().set_initial_training_values(args, dataloader)
+        self.training_values = training_values(values)
+        self.on_training_values(self.training_values, sized=has_length(dataloader))
+        return values
+
+    def on_training_values(self, values: TrainingValues, sized: bool) -> None:
+        """Called once per `train()` before the optimizer and schedules are built, with Trainer's step counts;
+        `sized`: the training data has a length (else epochs are undefined and `num_update_steps_per_epoch` is
+        `max_steps`)."""
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Skip batches whose images were ALL undecodable (`ImageCollator` returns them empty while the bad-image
@@ -351,21 +372,6 @@ class BaseTrainer(Trainer):
             self.record_images(0, skipped=batch.get("num_skipped"))
         return [batch for batch in batches if not is_empty_batch(batch)], num_items
 
-    def resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
-        """`last`/`True` -> the newest complete checkpoint of output_dir; a path is checked for completeness."""
-        if resume_from_checkpoint in (None, False):
-            return None
-        if resume_from_checkpoint in (True, "last"):
-            checkpoint = last_complete_checkpoint(self.args.output_dir)
-            if checkpoint is None:
-                raise FileNotFoundError(
-                    f"--resume_from_checkpoint last: no checkpoint (complete checkpoint-*) in {self.args.output_dir}"
-                )
-            return checkpoint
-        if not os.path.isdir(resume_from_checkpoint):
-            raise FileNotFoundError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such folder.")
-        return resume_from_checkpoint
-
     def _check_resume_files(self, checkpoint: str) -> None:
         missing = missing_resume_files(checkpoint, list(self._states), self.accelerator.num_processes)
         if not missing:
@@ -379,13 +385,17 @@ class BaseTrainer(Trainer):
         logger.warning("%s Resuming anyway (--allow_partial_resume).", message)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
-        if self.args.should_save:
-            check_output_dir(
-                self.args.output_dir, checkpoint is not None, getattr(self.args, "overwrite_output_dir", False)
-            )
+        checkpoint = prepare_output_dir(  # the scripts' own call, repeated for direct API users (idempotent)
+            self.args.output_dir,
+            resume_from_checkpoint,
+            getattr(self.args, "overwrite_output_dir", False),
+            allow_partial_resume=getattr(self.args, "allow_partial_resume", False),
+        )
+        self._run_record = run_record(self.args, self.accelerator.unwrap_model(self.model))
         if checkpoint is not None:
             self._check_resume_files(checkpoint)
+            allow = getattr(self.args, "allow_config_change", False)
+            self._config_changes = check_resume_config(checkpoint, self._run_record, allow)
         result = super().train(resume_from_checkpoint=checkpoint, **kwargs)
         if self._signal.received is not None:
             raise TrainingInterrupted(
@@ -401,7 +411,8 @@ class BaseTrainer(Trainer):
         return None
 
     def create_model_card(self, dataset: str | None = None, **kwargs) -> None:
-        """Write the method's model card (with the last logged metrics) to `output_dir/README.md`."""
+        """Write the method's model card (with the last logged metrics and `license=` when given) to
+        `output_dir/README.md`."""
         if not self.is_world_process_zero():
             return
         metrics: dict = {}
@@ -411,7 +422,18 @@ class BaseTrainer(Trainer):
         if card is None:
             super().create_model_card(dataset_name=dataset, **kwargs)
         else:
-            write_model_card(self.args.output_dir, card)
+            write_model_card(self.args.output_dir, card, license=kwargs.get("license"))
+
+
+def save_arguments_as_json(folder: str, args: TrainingArguments) -> None:
+    """In a folder that is not a `checkpoint-N`: `training_args.json` in place of the pickled `training_args.bin`."""
+    if os.path.basename(os.path.normpath(folder)).startswith(PREFIX_CHECKPOINT_DIR):
+        return
+    pickled = os.path.join(folder, TRAINING_ARGS_NAME)
+    if os.path.isfile(pickled):
+        os.remove(pickled)
+    with open(os.path.join(folder, "training_args.json"), "w") as f:
+        f.write(args.to_json_string())
 
 
 def load_torch_state(path: str) -> dict:

@@ -1,5 +1,5 @@
 """Checkpoint folders on disk: completeness markers, the newest complete checkpoint, what a resume needs, and the
-guard against writing a new run over a finished one."""
+one resume rule and output-dir guard of every script and trainer (`prepare_output_dir`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,23 @@ import shutil
 COMPLETE_MARKER = "checkpoint_complete.json"
 TRAINER_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 FSDP_OPTIMIZER = ("optimizer_0", "optimizer.bin")  # FSDP: sharded folder / full state, for optimizer.pt
-RUN_FILES = ("model.safetensors", "trainer_state.json", "logs.csv", "train_results.json")
+# What shows that a run wrote into output_dir (the one list for every method): a saved model, Trainer's final state
+# and metrics, evaluation and probe results, CSV logs, pruning's finished rounds and rewind point; plus checkpoints
+# (`checkpoint-N`, or `round_K/checkpoint-N` for a run of several training rounds) and the folders in RUN_DIRS.
+FINISHED_RUN_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "adapter_model.safetensors",
+    "trainer_state.json",
+    "train_results.json",
+    "eval_results.json",
+    "probe_results.json",
+)
+PROGRESS_FILES = ("logs.csv", "rounds.jsonl", "rewind.safetensors")  # written while a run goes on
+RUN_FILES = FINISHED_RUN_FILES + PROGRESS_FILES
+RUN_DIRS = ("final", "final_masked")  # pruning's published models
+RESUME_LAST = ("last", "latest")
+_ROUND = re.compile(r"^round_(\d+)$")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -41,9 +57,28 @@ def checkpoints_by_step(output_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def round_dirs(output_dir: str) -> list[tuple[int, str]]:
+    """`(index, path)` of every `round_K` folder of `output_dir` (a run of several training rounds), first first."""
+    found = []
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            match = _ROUND.match(name)
+            if match and os.path.isdir(os.path.join(output_dir, name)):
+                found.append((int(match.group(1)), os.path.join(output_dir, name)))
+    return sorted(found)
+
+
+def run_checkpoints(output_dir: str) -> list[str]:
+    """Every checkpoint folder of a run, oldest first: `checkpoint-N`, then those of `round_K/` in round order."""
+    paths = [path for _, path in checkpoints_by_step(output_dir)]
+    for _, folder in round_dirs(output_dir):
+        paths += [path for _, path in checkpoints_by_step(folder)]
+    return paths
+
+
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """The newest checkpoint that finished writing (a folder left by a kill or a full disk is passed over)."""
-    for _, path in reversed(checkpoints_by_step(output_dir)):
+    for path in reversed(run_checkpoints(output_dir)):
         if is_complete(path):
             return path
     return None
@@ -69,33 +104,105 @@ def missing_resume_files(checkpoint_dir: str, state_names: list[str], num_proces
 
 
 def existing_run_files(output_dir: str) -> list[str]:
-    """What in `output_dir` shows that a run already wrote there."""
+    """What in `output_dir` shows that a run already wrote there (paths relative to it)."""
     if not os.path.isdir(output_dir):
         return []
-    found = [name for name in RUN_FILES if os.path.exists(os.path.join(output_dir, name))]
-    found += [os.path.basename(path) for _, path in checkpoints_by_step(output_dir)]
+    found = [name for name in RUN_FILES + RUN_DIRS if os.path.exists(os.path.join(output_dir, name))]
+    found += [os.path.relpath(path, output_dir) for path in run_checkpoints(output_dir)]
     return found
 
 
-def check_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> None:
-    """Refuse to start a new run in a folder that holds another run, unless asked to overwrite or to resume.
+def _resolve_resume_checkpoint(
+    output_dir: str, resume_from_checkpoint: str | bool | None, allow_partial_resume: bool = False
+) -> str | None:
+    """The checkpoint a run resumes from: None/False -> None; `last`/`latest`/True -> the newest complete checkpoint
+    of `output_dir` (an error when there is none); a path -> itself, which must be a complete checkpoint folder."""
+    if resume_from_checkpoint in (None, False, ""):
+        return None
+    if resume_from_checkpoint is True or resume_from_checkpoint in RESUME_LAST:
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            incomplete = [os.path.relpath(p, output_dir) for p in run_checkpoints(output_dir)]
+            detail = f" (only incomplete ones: {', '.join(incomplete)})" if incomplete else ""
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {resume_from_checkpoint}: no checkpoint to resume in {output_dir} (no "
+                f"complete checkpoint{detail}). Start a new run without --resume_from_checkpoint, or pass the path "
+                "of a checkpoint folder."
+            )
+        return checkpoint
+    path = str(resume_from_checkpoint)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--resume_from_checkpoint {path}: no such checkpoint folder.")
+    if not is_complete(path) and not allow_partial_resume:
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {path}: the folder has no {COMPLETE_MARKER}, so it was not completely "
+            "written (or not by rae_hf). Pass --allow_partial_resume true to resume from it anyway."
+        )
+    return path
 
-    With `overwrite`, the old run's checkpoints and logs are removed first, so two runs never mix.
-    """
+
+def _check_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> None:
+    """Refuse to start a new run in a folder that holds another run (finished or interrupted), unless asked to
+    overwrite or to resume. With `overwrite`, the old run's files, checkpoints and rounds are removed first (on the
+    main process), so two runs never mix."""
     found = existing_run_files(output_dir)
     if not found or resuming:
         return
     if not overwrite:
+        checkpoint = last_complete_checkpoint(output_dir)
+        finished = [name for name in found if name in FINISHED_RUN_FILES + RUN_DIRS]
+        state = f"a finished run ({', '.join(finished[:6])})" if finished else "an interrupted run"
+        where = f"; its newest complete checkpoint is {checkpoint}" if checkpoint else f" ({', '.join(found[:6])})"
         raise FileExistsError(
-            f"output_dir {output_dir} already holds a run ({', '.join(found[:6])}). Pass --overwrite_output_dir "
-            "true to replace it, --resume_from_checkpoint last to continue it, or choose another --output_dir."
+            f"output_dir {output_dir} already holds {state}{where}. Pass --resume_from_checkpoint last to continue "
+            "it, --overwrite_output_dir true to replace it, or choose another --output_dir. Nothing was written."
         )
-    for _, path in checkpoints_by_step(output_dir):
-        shutil.rmtree(path)
-    for name in RUN_FILES:
-        path = os.path.join(output_dir, name)
-        if os.path.isfile(path):
-            os.remove(path)
+    _wait_for_everyone()  # every process has listed the old run before the main process removes it
+    if _is_main_process():
+        for path in reversed(run_checkpoints(output_dir)):
+            shutil.rmtree(path)
+        for _, path in round_dirs(output_dir):
+            shutil.rmtree(path)
+        for name in RUN_FILES + RUN_DIRS:
+            path = os.path.join(output_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.isfile(path):
+                os.remove(path)
+    _wait_for_everyone()
+
+
+def prepare_output_dir(
+    output_dir: str,
+    resume_from_checkpoint: str | bool | None,
+    overwrite_output_dir: bool,
+    *,
+    allow_partial_resume: bool = False,
+) -> str | None:
+    """The one resume rule and output-dir guard of every script and trainer, run before anything is written.
+
+    Resolves `resume_from_checkpoint` (`_resolve_resume_checkpoint`), then refuses a new run in a folder holding a
+    finished or interrupted one unless resuming or `overwrite_output_dir` (which clears the old run). Returns the
+    checkpoint to resume from, or None. Idempotent: `BaseTrainer.train` calls it again with the resolved path.
+    """
+    checkpoint = _resolve_resume_checkpoint(output_dir, resume_from_checkpoint, allow_partial_resume)
+    _check_output_dir(output_dir, checkpoint is not None, overwrite_output_dir)
+    return checkpoint
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _wait_for_everyone() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def explain_save_failure(error: BaseException, checkpoint_dir: str) -> OSError | None:

@@ -21,9 +21,10 @@ from torch.optim.lr_scheduler import LRScheduler
 from transformers import Trainer
 
 from ..callbacks import EMACallback
+from ..hub import COMMON_TRAINING_KEYS, card_model_id, model_card, recipe_rows
 from ..losses.dino import DINOLoss, IBOTPatchLoss, koleo_loss
 from ..models.dino import DinoModel
-from .base_trainer import BaseTrainer
+from .base_trainer import BaseTrainer, TrainingValues
 from .dino_config import DinoTrainingArguments
 
 _BLOCK = re.compile(r"\.(?:layers?|blocks)\.(\d+)\.")
@@ -134,12 +135,10 @@ class DinoTrainer(BaseTrainer):
         self.peak_lr = args.learning_rate
 
     # ----- schedules --------------------------------------------------------------------------------------------
-    def set_initial_training_values(self, args, dataloader):
-        values = super().set_initial_training_values(args, dataloader)
-        self.epoch_steps = args.epoch_length or values[1]
-        self.total_steps = values[-1]
-        self.peak_lr = args.scaled_learning_rate(values[4])
-        return values
+    def on_training_values(self, values: TrainingValues, sized: bool) -> None:
+        self.epoch_steps = self.args.epoch_length or values.num_update_steps_per_epoch
+        self.total_steps = values.max_steps
+        self.peak_lr = self.args.scaled_learning_rate(values.total_train_batch_size)
 
     @property
     def freeze_last_layer_steps(self) -> int:
@@ -249,13 +248,30 @@ class DinoTrainer(BaseTrainer):
 
     def model_card_text(self, dataset: str, metrics: dict) -> str:
         backbone = self.model.config.backbone_config
-        size = (
-            f"hidden {backbone.hidden_size}, {backbone.num_hidden_layers} layers, patch {self.model.config.patch_size}"
-        )
-        return (
-            f"# DINO pretraining ({self.args.method})\n\nSelf-supervised {backbone.model_type} backbone ({size}) "
-            f"pretrained with rae_hf on {dataset}. The teacher backbone is exported to `backbone/` "
-            "(`AutoModel.from_pretrained`).\n\nLast logged metrics:\n\n"
-            + "\n".join(f"- {k}: {v}" for k, v in sorted(metrics.items()))
-            + "\n"
+        args, size = self.args, getattr(backbone, "image_size", 224)
+        model_id = card_model_id(args)
+        usage = [
+            "from PIL import Image",
+            "from transformers import AutoImageProcessor, AutoModel",
+            f'processor = AutoImageProcessor.from_pretrained({model_id!r}, subfolder="backbone")',
+            f'backbone = AutoModel.from_pretrained({model_id!r}, subfolder="backbone", trust_remote_code=True).eval()',
+            f'inputs = processor(images=[Image.new("RGB", ({size}, {size}))], return_tensors="pt")',
+            "features = backbone(**inputs).last_hidden_state[:, 0]  # the CLS token: [B, hidden]",
+        ]
+        parts = [
+            ("backbone", f"{backbone.model_type}: hidden {backbone.hidden_size}, {backbone.num_hidden_layers} layers, "
+                         f"patch {self.model.config.patch_size}"),
+            ("export", "the teacher backbone in `backbone/` (`AutoModel.from_pretrained(..., subfolder='backbone')`)"),
+        ]  # fmt: skip
+        keys = (*COMMON_TRAINING_KEYS, "method", "teacher_momentum", "teacher_temperature", "warmup_epochs")
+        return model_card(
+            f"DINO pretraining ({args.method})",
+            f"A self-supervised {backbone.model_type} backbone pretrained with rae_hf ({args.method} objective).",
+            usage,
+            ["dino", args.method, "self-supervised", "image-feature-extraction"],
+            parts=parts,
+            settings=recipe_rows(args, keys),
+            metrics=metrics,
+            dataset=dataset,
+            pipeline_tag="image-feature-extraction",
         )

@@ -61,6 +61,10 @@ class JiTTrainingArguments(BaseTrainingArguments):
     save_best_loss: bool = field(
         default=False, metadata={"help": "Save the model with the lowest epoch-mean loss to output_dir/best."}
     )
+    compile_blocks: bool = field(
+        default=False,
+        metadata={"help": "torch.compile each JiT block (equal to eager; --torch_compile compiles the whole model)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()

@@ -21,11 +21,12 @@ from torch.distributed.fsdp import FSDPModule
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..callbacks import EMACallback
-from ..callbacks.jit_samples import BestLossCallback, JiTSamplesCallback
 from ..data.seeded import sample_seed
 from ..diffusion import FlowMatching, drop_labels
+from ..hub import COMMON_TRAINING_KEYS, card_model_id, model_card, recipe_rows
 from ..models.jit import JiTModel
-from .base_trainer import BaseTrainer
+from .base_trainer import BaseTrainer, TrainingValues
+from .jit_callbacks import BestLossCallback, JiTSamplesCallback
 from .jit_config import JiTTrainingArguments
 
 
@@ -59,6 +60,8 @@ class JiTTrainer(BaseTrainer):
 
     def __init__(self, model: JiTModel, args: JiTTrainingArguments, **kwargs):
         super().__init__(model=model, args=args, **kwargs)
+        if args.compile_blocks:
+            model.compile_blocks()
         config = model.config
         self.flow = FlowMatching(
             prediction_type=args.prediction_type or config.prediction_type,
@@ -88,15 +91,13 @@ class JiTTrainer(BaseTrainer):
         self._rng_step, self._rng_micro = -1, 0
 
     # ----- schedule ---------------------------------------------------------------------------------------------
-    def set_initial_training_values(self, args, dataloader):
-        values = super().set_initial_training_values(args, dataloader)
-        self._steps_per_epoch = values[1] if values[1] and values[1] > 0 else None
+    def on_training_values(self, values: TrainingValues, sized: bool) -> None:
+        self._steps_per_epoch = values.num_update_steps_per_epoch or None
         if self.args.save_every_epochs > 0:
             if self._steps_per_epoch is None:
                 raise ValueError("save_every_epochs needs a dataset with a length (not streaming): use save_steps.")
             self.args.save_strategy = "steps"
             self.args.save_steps = max(1, round(self.args.save_every_epochs * self._steps_per_epoch))
-        return values
 
     def warmup_steps(self, num_training_steps: int) -> float:
         """`warmup_epochs` x optimizer steps per epoch (fractional, like the official per-iteration rule), else
@@ -165,34 +166,37 @@ class JiTTrainer(BaseTrainer):
             with _own_class(self.model):
                 self._save(output_dir or self.args.output_dir, state_dict=state_dict)
 
-    def model_card_text(self, dataset: str, metrics: dict) -> str:
+    def model_card_text(self, dataset: str, metrics: dict, folder: str | None = None) -> str:
+        """The JiT card (`folder`: the published folder when it is not `output_dir`, e.g. `best/`)."""
         model = self.accelerator.unwrap_model(self.model)
         config, args = model.config, self.args
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        lines = [
-            "---",
-            "library_name: transformers",
-            "tags: [rae_hf, jit, diffusion, pixel-diffusion, image-generation]",
-            "---",
-            "",
-            f"# JiT {config.hidden_size}x{config.num_hidden_layers} /{config.patch_size} at {config.image_size}px",
-            "",
-            f"A JiT (Li & He, arXiv 2511.13720) pixel-diffusion transformer ({params:.1f}M parameters) trained with "
-            f"[rae_hf](https://github.com/) on `{dataset}`: {self.flow.prediction_type}-prediction, "
-            f"{self.flow.loss_type}-loss, noise scale {self.flow.noise_scale}. The weights are the EMA "
-            f"{args.ema_decay} model.",
-            "",
-            "```python",
-            "from rae_hf import JiTPipeline, JiTModel",
-            'pipe = JiTPipeline(JiTModel.from_pretrained("<this repo>"))',
-            f"images = pipe([0, 1, 2, 3], guidance_scale={args.guidance_scale}).images",
-            "```",
-            "",
-            "| metric | value |",
-            "|---|---|",
-            *[f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items()) if isinstance(v, (int, float))],
+        labels = f"[i % {config.num_classes} for i in range(4)]" if self.conditional else "None"
+        usage = [
+            "from rae_hf import JiTModel, JiTPipeline",
+            f"pipe = JiTPipeline(JiTModel.from_pretrained({card_model_id(args, folder)!r}).eval())",
+            f"images = pipe({labels}, batch_size=4, num_inference_steps={args.sample_steps}, "
+            f"guidance_scale={args.guidance_scale if self.conditional else 1.0}).images  # PIL images",
         ]
-        return "\n".join(lines) + "\n"
+        parts = [
+            ("parameters", f"{params:.1f}M"),
+            ("objective", f"{self.flow.prediction_type}-prediction, {self.flow.loss_type}-loss, "
+                          f"noise scale {self.flow.noise_scale}"),
+            ("classes", config.num_classes if self.conditional else "unconditional"),
+            ("weights", f"EMA {args.ema_decay}" if args.ema_decay > 0 else "trained weights"),
+        ]  # fmt: skip
+        keys = (*COMMON_TRAINING_KEYS, "ema_decay", "guidance_scale", "sample_steps", "sampler")
+        return model_card(
+            f"JiT {config.hidden_size}x{config.num_hidden_layers} /{config.patch_size} at {config.image_size}px",
+            "A JiT (Li & He, arXiv 2511.13720) pixel-diffusion transformer trained with rae_hf.",
+            usage,
+            ["jit", "diffusion", "pixel-diffusion", "image-generation"],
+            parts=parts,
+            settings=recipe_rows(args, keys),
+            metrics=metrics,
+            dataset=dataset,
+            pipeline_tag="unconditional-image-generation" if not self.conditional else None,
+        )
 
 
 __all__ = ["JiTTrainer"]

@@ -14,6 +14,7 @@ from typing import Literal
 
 from transformers.trainer_utils import SchedulerType
 
+from ..models.presets import apply_preset
 from ..probe.knn import DEFAULT_KS
 from ..probe.logistic import DEFAULT_L2_GRID
 from ..probe.protocols import FINETUNE_DEFAULTS, LINEAR_PROTOCOLS, preset
@@ -161,9 +162,12 @@ class ProbeTrainingArguments(BaseTrainingArguments):
 
     def resolve_defaults(self, mode: str) -> ProbeTrainingArguments:
         """Fill every argument the user did not give with the value of `mode` (and `--protocol` in linear mode)."""
-        for name, value in preset(mode, self.protocol).items():
-            if name not in self._explicit:
-                setattr(self, name, list(value) if isinstance(value, list) else value)
+        values = preset(mode, self.protocol)  # checks both names
+        for name in values.keys() - self._explicit:
+            setattr(self, name, None)  # the preset of this mode replaces every value the user did not give
+        apply_preset(self, {self.protocol: values}, self.protocol, "--protocol")
+        if isinstance(self.learning_rates, list):
+            self.learning_rates = list(self.learning_rates)  # never share the protocol table's list
         if isinstance(self.lr_scheduler_type, str):
             self.lr_scheduler_type = SchedulerType(self.lr_scheduler_type)
         if mode in ("linear", "knn"):  # the protocol's SGD fields are set even when lbfgs runs: check them

@@ -8,12 +8,6 @@ from dataclasses import dataclass, field
 from .base_config import BaseTrainingArguments
 
 GAN_SCHEDULE_UNITS = ("epoch", "step")
-# The RAE recipes' names of the shared image-evaluation arguments.
-RFID_ALIASES = {
-    "rfid_steps": "fid_steps",
-    "rfid_at_epoch_end": "fid_at_epoch_end",
-    "rfid_num_samples": "fid_num_samples",
-}
 
 
 @dataclass
@@ -72,14 +66,8 @@ class RAETrainingArguments(BaseTrainingArguments):
     ema_decay: float = field(default=0.9978, metadata={"help": "Decoder EMA decay per step; 0 disables the EMA."})
     fid_steps: int = field(default=1000, metadata={"help": "rFID/PSNR/SSIM on the validation split every N steps."})
     fid_at_epoch_end: bool = field(default=True, metadata={"help": "Also evaluate rFID at the end of each epoch."})
-    rfid_steps: int | None = field(default=None, metadata={"help": "RAE name of fid_steps (sets it when given)."})
-    rfid_at_epoch_end: bool | None = field(default=None, metadata={"help": "RAE name of fid_at_epoch_end."})
-    rfid_num_samples: int | None = field(default=None, metadata={"help": "RAE name of fid_num_samples."})
 
     def __post_init__(self):
-        for alias, name in RFID_ALIASES.items():
-            if getattr(self, alias) is not None:
-                setattr(self, name, getattr(self, alias))
         super().__post_init__()
         if self.gan_schedule_unit not in GAN_SCHEDULE_UNITS:
             raise ValueError(f"gan_schedule_unit={self.gan_schedule_unit!r} must be one of {GAN_SCHEDULE_UNITS}.")

@@ -8,7 +8,7 @@ encoder tokens of the generator step. Where things live in a checkpoint folder:
 - `model.safetensors`: the RAE without the frozen encoder (it is rebuilt from the run's model on resume);
 - `optimizer.pt`, `scheduler.pt`, `rng_state*.pth`, `trainer_state.json`: Trainer's own (data position included);
 - `ema.safetensors`: the decoder EMA (`EMACallback`), `discriminator.safetensors` (trainable heads only) and
-  `discriminator_state.pt` (optimizer, scheduler, scaler): registered states of `BaseTrainer`.
+  `discriminator_state.safetensors` + `.json` (optimizer, scheduler, scaler; no pickle): registered states.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+import torch._functorch.config
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from transformers import TrainerCallback
@@ -25,12 +26,12 @@ from transformers.optimization import get_scheduler
 
 from ..callbacks import EMACallback, RFIDCallback
 from ..data.transforms import resize_images
+from ..evaluation import RFIDEvaluator, load_reference_statistics
 from ..hub import rae_model_card
 from ..losses import LPIPSLoss, adaptive_gan_weight, hinge_discriminator_loss, vanilla_generator_loss
-from ..metrics import RFIDEvaluator, load_fid_stats
 from ..models.rae import RAEModel
 from ..models.rae.discriminator import DinoDiscriminator, quantize_8bit
-from .base_trainer import BaseTrainer, StateHandle
+from .base_trainer import BaseTrainer, StateHandle, TrainingValues
 from .rae_config import RAETrainingArguments
 
 
@@ -98,6 +99,8 @@ class RAETrainer(BaseTrainer):
         **kwargs,
     ):
         super().__init__(model=model, args=args, **kwargs)
+        if args.torch_compile:  # the adaptive GAN weight runs the compiled backward twice (retain_graph)
+            torch._functorch.config.donated_buffer = False
         self.can_return_loss = True  # evaluation has no labels: the loss is the reconstruction L1
         if discriminator is None:
             discriminator = DinoDiscriminator.from_pretrained_backbone(
@@ -115,6 +118,7 @@ class RAETrainer(BaseTrainer):
             lr=args.disc_learning_rate,
             betas=(args.disc_adam_beta1, args.disc_adam_beta2),
             weight_decay=args.disc_weight_decay,
+            fused=args.optim == "adamw_torch_fused" or None,  # Trainer's default optim (the decoder's) on torch >= 2.8
         )
         self.disc_scaler = torch.amp.GradScaler(args.device.type, enabled=args.fp16)
         self.disc_lr_scheduler = None
@@ -145,7 +149,7 @@ class RAETrainer(BaseTrainer):
             device=args.device,
             autocast_dtype=torch.bfloat16 if args.bf16 else None,
         )
-        reference = load_fid_stats(args.fid_reference_stats) if args.fid_reference_stats else None
+        reference = load_reference_statistics(args.fid_reference_stats) if args.fid_reference_stats else None
         return RFIDCallback(
             self,
             evaluator,
@@ -161,13 +165,10 @@ class RAETrainer(BaseTrainer):
         )
 
     # ----- schedule ---------------------------------------------------------------------------------------------
-    def set_initial_training_values(self, args, dataloader):
-        values = super().set_initial_training_values(args, dataloader)
-        num_update_steps_per_epoch, max_steps = values[1], values[-1]
-        self._set_schedule(num_update_steps_per_epoch if self._has_length(dataloader) else None)
+    def on_training_values(self, values: TrainingValues, sized: bool) -> None:
+        self._set_schedule(values.num_update_steps_per_epoch if sized else None)
         # the same schedule as the decoder's, but it advances only when the discriminator updates (official)
-        self.disc_lr_scheduler = build_lr_scheduler(args, self.disc_optimizer, max_steps)
-        return values
+        self.disc_lr_scheduler = build_lr_scheduler(self.args, self.disc_optimizer, values.max_steps)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """The decoder's schedule (see `build_lr_scheduler`: warm-up as the official code by default)."""
@@ -175,13 +176,6 @@ class RAETrainer(BaseTrainer):
             self.lr_scheduler = build_lr_scheduler(self.args, optimizer or self.optimizer, num_training_steps)
             self._created_lr_scheduler = True
         return self.lr_scheduler
-
-    @staticmethod
-    def _has_length(dataloader) -> bool:
-        try:
-            return len(dataloader) > 0
-        except TypeError:
-            return False
 
     def _set_schedule(self, steps_per_epoch: int | None) -> None:
         """Turn `lpips_start`, `disc_upd_start`, `disc_start` into optimizer-step indices."""

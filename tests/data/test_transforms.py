@@ -18,8 +18,9 @@ from rae_hf.data import (
     probe_train_transform,
     process_range,
     resize_images,
+    to_float_tensor,
 )
-from rae_hf.visualization import reconstruction_grid
+from rae_hf.visualization import image_grid, reconstruction_grid
 
 
 def gradient_image(width: int, height: int) -> Image.Image:
@@ -48,8 +49,11 @@ def test_adm_center_crop_equals_hand_steps():
 
 def test_presets_by_name_shapes_and_randomness():
     image = gradient_image(90, 60)
-    assert set(TRANSFORM_PRESETS) == {"rae_train", "center_crop", "adm_center_crop", "probe_eval", "probe_train"}
-    for name in TRANSFORM_PRESETS:
+    assert set(TRANSFORM_PRESETS) == {
+        "rae_train", "center_crop", "adm_center_crop", "probe_eval", "probe_train", "padded_crop_train", "resize",
+        "multicrop",
+    }  # fmt: skip
+    for name in set(TRANSFORM_PRESETS) - {"multicrop"}:  # one image -> one tensor (multicrop: a dict of views)
         output = image_transform(name, 32)(image)
         assert output.shape == (3, 32, 32) and 0 <= output.min() and output.max() <= 1, name
     torch.testing.assert_close(image_transform("center_crop", 32)(image), build_image_transform(32, train=False)(image))
@@ -62,6 +66,39 @@ def test_presets_by_name_shapes_and_randomness():
     assert len(outputs) == 2  # flipped and not
     with pytest.raises(ValueError, match="Unknown transform preset 'nope'"):
         image_transform("nope", 32)
+
+
+def test_adm_preset_with_flip_is_the_crop_then_a_seeded_flip():
+    """What JiT trains on (it had its own copy of this crop before): ADM crop, then flip iff torch.rand(1) < 0.5."""
+    image = gradient_image(300, 170)
+    crop = to_float_tensor()(adm_center_crop(image, 32))
+    transform = image_transform("adm_center_crop", 32, hflip=True)
+    flips = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        flip = bool(torch.rand(1) < 0.5)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(transform(image), crop.flip(-1) if flip else crop, rtol=0, atol=0)
+        flips.add(flip)
+    assert flips == {True, False}
+
+
+def test_small_image_presets_and_normalization():
+    """CIFAR-style: square resize, random crop with size // 8 zero padding (4 at 32) and flip; eval: square resize.
+    `mean`/`std` append a normalization (ViT classifiers take normalized pixels)."""
+    image = gradient_image(40, 30)
+    resize = image_transform("resize", 32)
+    np.testing.assert_allclose(
+        resize(image).permute(1, 2, 0).numpy() * 255, np.asarray(image.resize((32, 32), Image.BICUBIC)), atol=1.5
+    )
+    crop = TRANSFORM_PRESETS["padded_crop_train"](32).transforms[1]
+    assert crop.size == (32, 32) and crop.padding == [4, 4, 4, 4]
+    normalized = image_transform("resize", 32, mean=[0.5] * 3, std=[0.25] * 3)(image)
+    torch.testing.assert_close(normalized, (resize(image) - 0.5) / 0.25)
+    shifted = [image_transform("padded_crop_train", 32)(image) for _ in range(20)]
+    assert len({tuple(t[0, 0, :8].tolist()) for t in shifted}) > 1  # random offsets and flips
+    with pytest.raises(ValueError, match="both mean and std"):
+        image_transform("resize", 32, mean=[0.5] * 3)
 
 
 def test_probe_presets_keep_their_numbers():
@@ -82,7 +119,8 @@ def test_resize_images_is_antialiased_bicubic_clamped_and_shared():
     upscaled = resize_images(images, (48, 48))
     assert upscaled.min() >= 0 and upscaled.max() <= 1
     grid = reconstruction_grid(images, torch.zeros(2, 3, 16, 16), columns=2)  # originals resized like the metrics
-    torch.testing.assert_close(grid[:, 2:18, 2:18], expected[0])
+    rows = torch.cat([expected, torch.zeros(2, 3, 16, 16)])
+    torch.testing.assert_close(grid, image_grid(rows, 2, row_labels=["original", "reconstruction"]))
 
 
 def test_process_ranges_cover_every_index_once():

@@ -20,18 +20,14 @@ from transformers import AutoImageProcessor, AutoModel
 import run_dino_pretrain  # noqa: F401  (the documented entry point imports)
 from rae_hf.cli import parse_args
 from rae_hf.data import DataArguments
-from rae_hf.data.multicrop import multicrop_spec
+from rae_hf.data.multicrop import MultiCropTransform, check_multicrop_batches, multicrop_spec
+from rae_hf.data.transforms import image_transform
 from rae_hf.models.rae import RAEModel
-from rae_hf.scripts.run_dino_pretrain import (
-    DinoModelArguments,
-    MultiCropArguments,
-    check_data_pipeline,
-    crop_spec,
-    knn_loaders,
-    main,
-    make_toy_textures,
-)
+from rae_hf.scripts.run_dino_pretrain import main
+from rae_hf.tools.toy_textures import make_toy_textures
+from rae_hf.trainers.dino_arguments import DinoModelArguments, MultiCropArguments
 from rae_hf.trainers.dino_config import DinoTrainingArguments
+from rae_hf.trainers.dino_setup import knn_loaders
 from rae_hf.trainers.dino_trainer import dino_param_groups
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,9 +62,9 @@ def test_check_data_pipeline_prints_views(textures, tmp_path, capsys) -> None:
 def test_check_data_pipeline_fails_on_non_finite_views() -> None:
     spec = multicrop_spec("cifar", num_local_crops=1)
     bad = {"global_crops": torch.full((4, 3, 32, 32), float("nan")), "local_crops": torch.zeros(2, 3, 16, 16)}
-    assert not check_data_pipeline([bad], spec, 1)
+    assert not check_multicrop_batches([bad], spec, 1)
     wrong_count = {"global_crops": torch.zeros(4, 3, 32, 32), "local_crops": torch.zeros(6, 3, 16, 16)}
-    assert not check_data_pipeline([wrong_count], spec, 1)
+    assert not check_multicrop_batches([wrong_count], spec, 1)
 
 
 def _saved_texture_dataset(textures: str, path: Path) -> str:
@@ -92,14 +88,16 @@ def test_knn_monitor_reads_labelled_dataset_splits(textures, tmp_path) -> None:
     args = _crop_args(
         "--knn_dataset_name", saved, "--knn_eval_split", "test", "--knn_image_column", "img", "--knn_max_images", "10"
     )  # fmt: skip
-    train, evaluation, num_classes = knn_loaders(args, tiny_dino(), batch_size=32)
+    train, evaluation, num_classes = knn_loaders(
+        args.knn_data_arguments(), args.knn_label_column, args.knn_max_images, tiny_dino(), batch_size=32
+    )
     (train_batch,), (eval_batch,) = list(train), list(evaluation)
     assert num_classes == 2 and train_batch["pixel_values"].shape == (10, 3, 32, 32)
     assert set(train_batch["labels"].tolist()) == {0, 1}  # a random subset, not the first (one-class) rows
     assert eval_batch["pixel_values"].shape[0] == 10
     # the same images through the folders give the same labels
     folders = _crop_args("--knn_train_dir", f"{textures}/train", "--knn_eval_dir", f"{textures}/validation")
-    assert knn_loaders(folders, tiny_dino(), batch_size=64)[2] == 2
+    assert knn_loaders(folders.knn_data_arguments(), None, 2000, tiny_dino(), batch_size=64)[2] == 2
 
 
 def test_pretrain_streams_a_dataset_and_probes_its_splits(textures, tmp_path) -> None:
@@ -273,7 +271,7 @@ def test_recipes_parse(recipe, tmp_path) -> None:
         (DinoModelArguments, MultiCropArguments, DataArguments, DinoTrainingArguments),
         [str(recipe), "--output_dir", str(tmp_path), "--bf16", "false", "--use_cpu", "true"],
     )
-    spec = crop_spec(crop_args, training_args.method)
+    spec = crop_args.spec(training_args.method)
     assert spec.global_size % model_args.patch_size == 0
 
 
@@ -282,9 +280,26 @@ def test_imagenet_recipe_has_the_official_dinov2_settings(tmp_path) -> None:
         (DinoModelArguments, MultiCropArguments, DataArguments, DinoTrainingArguments),
         [str(ROOT / "recipes/dino/vits16_imagenet1k.yaml"), "--output_dir", str(tmp_path), "--bf16", "false"],
     )
-    spec = crop_spec(crop_args, args.method)
+    spec = crop_args.spec(args.method)
     assert (spec.global_scale, spec.local_scale, spec.num_local_crops) == ((0.32, 1.0), (0.05, 0.32), 8)
     assert (args.max_steps, args.epoch_length, args.warmup_epochs) == (125000, 1250, 10)
     assert (args.learning_rate, args.weight_decay, args.weight_decay_end) == (0.004, 0.04, 0.4)
     assert (args.teacher_momentum, args.warmup_teacher_temperature_epochs, args.max_grad_norm) == (0.992, 30, 3.0)
     assert (model_args.hidden_size or 384, model_args.patch_size, model_args.head_out_dim) == (384, 16, 65536)
+
+
+def test_multicrop_is_a_transform_preset() -> None:
+    """The script takes its views from the transform registry: `image_transform("multicrop", ...)` draws exactly the
+    views of `MultiCropTransform` under the same seed, and a size that is not the global crop is refused."""
+    spec = multicrop_spec("cifar", num_local_crops=2)
+    image = Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8))
+    torch.manual_seed(0)
+    preset = image_transform("multicrop", 32, spec=spec)(image)
+    torch.manual_seed(0)
+    direct = MultiCropTransform(spec)(image)
+    assert preset["seed"] == direct["seed"] and len(preset["views"]) == 4
+    for ours, theirs in zip(preset["views"], direct["views"], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert image_transform("multicrop", 64).spec.global_size == 64  # DINOv2 recipe at another size
+    with pytest.raises(ValueError, match="differs from the global crop"):
+        image_transform("multicrop", 64, spec=spec)

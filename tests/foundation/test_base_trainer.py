@@ -79,7 +79,7 @@ def make_args(output_dir, **overrides) -> BaseTrainingArguments:
 
 
 class Counter:
-    """A registered state that is not a tensor dict (saved as .pt)."""
+    """A registered state that is not a tensor dict (saved as .safetensors + .json, no pickle)."""
 
     def __init__(self):
         self.value = 0
@@ -106,7 +106,7 @@ def final_weights(trainer: BaseTrainer) -> dict[str, torch.Tensor]:
     return state
 
 
-def test_two_emas_and_a_pickled_state_are_saved_under_their_names_and_restored(tmp_path):
+def test_two_emas_and_a_nested_state_are_saved_under_their_names_and_restored(tmp_path):
     trainer = make_trainer(make_args(tmp_path / "run", max_steps=3))
     counter = Counter()
     trainer.register_state("counter", counter)
@@ -114,7 +114,8 @@ def test_two_emas_and_a_pickled_state_are_saved_under_their_names_and_restored(t
     trainer.train()
     checkpoint = tmp_path / "run" / "checkpoint-3"
     files = set(os.listdir(checkpoint))
-    assert {"ema_fast.safetensors", "ema_scheduled.safetensors", "counter.pt", COMPLETE_MARKER} <= files
+    expected = {"ema_fast.safetensors", "ema_scheduled.safetensors", "counter.safetensors", "counter.json"}
+    assert expected | {COMPLETE_MARKER} <= files
     fast = safetensors.torch.load_file(checkpoint / "ema_fast.safetensors")
     scheduled = safetensors.torch.load_file(checkpoint / "ema_scheduled.safetensors")
     assert not torch.equal(fast["linear.weight"], scheduled["linear.weight"])  # two EMAs, two decays

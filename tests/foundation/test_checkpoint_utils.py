@@ -1,4 +1,4 @@
-"""`rae_hf.convert.checkpoint_utils`: reading checkpoints for every converter without executing anything."""
+"""`rae_hf.models.checkpoint_io`: reading checkpoints for every converter without executing anything."""
 
 import json
 import os
@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from rae_hf.convert import available_kinds, main
-from rae_hf.convert.checkpoint_utils import (
+from rae_hf.models.checkpoint_io import (
     load_exact,
     read_checkpoint,
     read_weights_from,

@@ -14,7 +14,7 @@ SCRIPT = """
 import json, sys
 import rae_hf
 after_rae_hf = sorted(sys.modules)
-import rae_hf.convert, rae_hf.convert.checkpoint_utils
+import rae_hf.convert, rae_hf.models.checkpoint_io
 print(json.dumps({"rae_hf": after_rae_hf, "convert": sorted(sys.modules)}))
 """
 

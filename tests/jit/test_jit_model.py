@@ -58,7 +58,7 @@ def test_presets_and_overrides():
     assert (config.image_size, config.patch_size, config.hidden_size, config.num_hidden_layers) == (512, 32, 1280, 32)
     assert (config.bottleneck_dim, config.in_context_start, config.dropout) == (256, 10, 0.2)
     assert config.intermediate_size == 3413 and config.noise_scale == 2.0 and config.num_classes == 10
-    assert JiTConfig.from_preset("B/4").image_size == 64
+    assert JiTConfig.from_preset("JiT-B/4").image_size == 64
     assert JiTConfig.from_preset("JiT-B/16", image_size=512).noise_scale == 2.0
     assert 1.9e9 < meta_param_count("JiT-G/16") < 2.1e9  # paper: 2B
     with pytest.raises(ValueError, match="preset"):

@@ -13,19 +13,19 @@ from fid_ddp_worker import TinyInception, evaluate_generation_shard
 from PIL import Image
 from torch_fidelity.metric_isc import isc_features_to_metric
 
+from rae_hf.data import process_range
 from rae_hf.evaluation import (
     SampleWriter,
     balanced_labels,
     evaluate_generation,
     load_reference_statistics,
-    process_range,
+    save_reference_statistics,
 )
 from rae_hf.metrics import (
     FIDMetric,
     InceptionFeatureExtractor,
     InceptionScore,
     inception_score,
-    save_fid_stats,
     save_random_inception_weights,
 )
 
@@ -108,7 +108,7 @@ def test_evaluate_generation_equals_metrics_on_the_same_samples(tmp_path):
     reference = FIDMetric(feature=feature)
     reference.update(real, real=True)
     mu, sigma = reference.real_statistics()
-    save_fid_stats(tmp_path / "ref.npz", mu, sigma)
+    save_reference_statistics(tmp_path / "ref.npz", mu, sigma)
 
     sampler = Sampler()
     results = evaluate_generation(
@@ -200,3 +200,8 @@ def test_reference_statistics_npz_layouts(tmp_path):
     np.savez(tmp_path / "images_only.npz", arr_0=np.zeros((1, 2, 2, 3)))
     with pytest.raises(ValueError, match=r"images_only\.npz has no"):
         load_reference_statistics(tmp_path / "images_only.npz")
+    np.savez(tmp_path / "flat.npz", mu=np.zeros((3, 3)), sigma=sigma)
+    with pytest.raises(ValueError, match=r"flat\.npz: expected mu \[D\] and sigma \[D, D\]"):
+        load_reference_statistics(tmp_path / "flat.npz")
+    with pytest.raises(ValueError, match="expected mu"):
+        save_reference_statistics(tmp_path / "never.npz", mu, sigma[:2])

@@ -25,16 +25,14 @@ from torchmetrics.image.fid import FrechetInceptionDistance, _compute_fid
 from transformers import Dinov2Config, Dinov2Model
 
 import rae_hf.metrics.fid as fid_module
+from rae_hf.data import shard_for_process
+from rae_hf.evaluation import RFIDEvaluator, load_reference_statistics, save_reference_statistics
 from rae_hf.metrics import (
     FIDMetric,
     InceptionFeatureExtractor,
     ReconstructionMetrics,
-    RFIDEvaluator,
     frechet_distance,
-    load_fid_stats,
-    save_fid_stats,
     save_random_inception_weights,
-    shard_for_process,
 )
 
 NOISE_STDS = (0.05, 0.1, 0.2, 0.4)
@@ -172,10 +170,10 @@ def test_npz_statistics_round_trip_replace_the_real_side(tmp_path):
     accumulated.update(real, real=True)
     accumulated.update(fake, real=False)
     mu, sigma = accumulated.real_statistics()
-    save_fid_stats(tmp_path / "ref", mu, sigma)  # written at exactly this path (no ".npz" appended)
+    save_reference_statistics(tmp_path / "ref", mu, sigma)  # written at exactly this path (no ".npz" appended)
     with np.load(tmp_path / "ref", allow_pickle=False) as stats:
         assert sorted(stats.files) == ["mu", "sigma"] and stats["sigma"].dtype == np.float64
-    loaded_mu, loaded_sigma = load_fid_stats(tmp_path / "ref")
+    loaded_mu, loaded_sigma = load_reference_statistics(tmp_path / "ref")
     np.testing.assert_array_equal(loaded_mu, mu.numpy())
 
     given = FIDMetric(feature=tiny_feature())
@@ -195,7 +193,7 @@ def test_npz_statistics_round_trip_replace_the_real_side(tmp_path):
         given.set_real_statistics(loaded_mu[:5], loaded_sigma[:5, :5])
     np.savez(tmp_path / "batch.npz", arr_0=np.zeros((1, 4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="not an FID stats file"):
-        load_fid_stats(tmp_path / "batch.npz")
+        load_reference_statistics(tmp_path / "batch.npz")
 
 
 def _fake_statistics(fake: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -58,11 +58,12 @@ from rae_hf.probe import (
     load_encoder,
     train_heads,
 )
-from rae_hf.probe.arguments import ProbeArguments, ProbeTrainingArguments
+from rae_hf.probe.arguments import ProbeArguments
 from rae_hf.probe.data import detect_label_column, labeled_split, probe_eval_transform
 from rae_hf.probe.finetune import apply_lora, lora_target_modules
 from rae_hf.scripts import run_probe
 from rae_hf.tools.make_dummy_dataset import write_dummy_dataset
+from rae_hf.trainers.probe_config import ProbeTrainingArguments
 
 ROOT = Path(__file__).resolve().parents[2]
 

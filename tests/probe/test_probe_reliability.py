@@ -1,10 +1,11 @@
 """Reliability of the probe (issue 9, point 10): corrupted or overwritten feature caches are detected (path named) and
 extracted again; the report is written whatever the heads did (all diverged, 0-100% ranges, a failing plot); flat
 image folders get a clear error; validation classes unseen in train give a warning; identical seeded runs give
-identical accuracies."""
+identical accuracies; a refused rerun of a finished probe writes nothing (issue 20, point 2)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import Dinov2Config, Dinov2Model
+from probe_toys import save_tiny_encoder
 
 from rae_hf.data import ImageCollator
 from rae_hf.probe import ComponentSpec, DatasetCheck, FeatureCache, feature_description, iter_components, load_encoder
@@ -30,22 +31,17 @@ from rae_hf.trainers.probe_config import ProbeTrainingArguments
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory) -> str:
+    return save_tiny_encoder(tmp_path_factory.mktemp("encoder"))
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("encoder")
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                          image_size=32, patch_size=8)  # fmt: skip
-    Dinov2Model(config).save_pretrained(path)
-    return str(path)
 
 
 def colour_images(count: int, seed: int, classes: int = 4) -> tuple[list[Image.Image], list[int]]:
@@ -229,3 +225,40 @@ def test_identical_seeded_runs_give_identical_accuracies(protocol):
                          ProbeTrainingArguments(**args)) for _ in range(2)]  # fmt: skip
     assert runs[0].rows == runs[1].rows and runs[0].best == runs[1].best
     assert torch.equal(runs[0].weight, runs[1].weight)
+
+
+# ----- reruns (issue 20, point 2) --------------------------------------------------------------------------------
+def _digests(folder) -> dict[str, str]:
+    return {
+        os.path.relpath(os.path.join(root, name), folder): hashlib.sha256(
+            open(os.path.join(root, name), "rb").read()
+        ).hexdigest()
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
+
+
+@pytest.mark.parametrize("mode", [["--mode", "knn"], ["--mode", "linear", "--save_classifier", "false"]])
+def test_refused_rerun_of_a_finished_probe_changes_nothing(encoder_dir, tmp_path, mode):
+    """A finished kNN probe, or a linear probe that saved no classifier, holds only reports: a rerun without
+    --overwrite_output_dir is refused before it writes anything; with it, the run is replaced."""
+    datasets.DatasetDict({"train": colour_split(16, seed=0), "validation": colour_split(8, seed=1)}).save_to_disk(
+        tmp_path / "data"
+    )
+    argv = _argv(encoder_dir, tmp_path / "out", "--dataset_name", str(tmp_path / "data"), *mode)
+    run_probe.main(argv)
+    before = _digests(tmp_path / "out")
+    assert {"probe_results.json", "run_config.json"} <= set(before) and "model.safetensors" not in before
+    with pytest.raises(FileExistsError, match=r"probe_results\.json"):
+        run_probe.main([*argv, "--seed", "7"])
+    assert _digests(tmp_path / "out") == before
+    run_probe.main([*argv, "--seed", "7", "--overwrite_output_dir", "true"])
+    config = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    assert config["ProbeTrainingArguments"]["seed"] == 7
+
+
+def test_resume_last_into_an_empty_folder_is_an_error_and_writes_nothing(encoder_dir, tmp_path):
+    argv = _argv(encoder_dir, tmp_path / "out", "--train_dir", "unused", "--mode", "lora")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        run_probe.main([*argv, "--resume_from_checkpoint", "last"])
+    assert not (tmp_path / "out").exists()

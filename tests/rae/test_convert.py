@@ -504,16 +504,10 @@ def test_save_diffusers(tmp_path, images):
     assert_same_outputs(vae, model, images)
 
 
-@pytest.mark.skipif(
-    not hasattr(RAEModel, "from_diffusers"), reason="RAEModel.from_diffusers/save_diffusers not attached"
-)
-def test_model_entry_points(tmp_path, images):
-    vae = shared_vae("dinov2")
-    model = RAEModel.from_diffusers(vae)
-    assert isinstance(model, RAEModel)
-    assert_same_outputs(vae, model, images)
-    model.save_diffusers(tmp_path)
-    assert_same_outputs(AutoencoderRAE.from_pretrained(tmp_path).eval(), model, images)
+def test_model_class_has_no_attached_converters():
+    """Layering: the model class never gains `rae_hf.convert` methods by being imported (the converters are the
+    documented functions `rae_from_diffusers` / `save_diffusers`)."""
+    assert not hasattr(RAEModel, "from_diffusers") and not hasattr(RAEModel, "save_diffusers")
 
 
 def test_epsilon_mismatch_size():

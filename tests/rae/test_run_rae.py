@@ -95,9 +95,9 @@ def _argv(assets: dict, output_dir: Path, *extra: str) -> list[str]:
         "4",
         "--inception_weights",
         assets["inception"],
-        "--rfid_steps",
+        "--fid_steps",
         "4",
-        "--rfid_at_epoch_end",
+        "--fid_at_epoch_end",
         "false",
         "--sample_every",
         "2",
@@ -274,7 +274,7 @@ def test_wandb_offline_dashboard(assets, tmp_path, monkeypatch):
 
 def test_a_second_run_into_a_finished_output_dir_is_refused_before_writing(assets, tmp_path):
     """Before: the second run replaced model.safetensors and run_config.json and mixed its checkpoints in."""
-    run_rae.main(_argv(assets, tmp_path, "--max_steps", "1", "--rfid_steps", "0", "--sample_every", "0"))
+    run_rae.main(_argv(assets, tmp_path, "--max_steps", "1", "--fid_steps", "0", "--sample_every", "0"))
     model, config = (tmp_path / "model.safetensors").read_bytes(), (tmp_path / "run_config.json").read_text()
     with pytest.raises(FileExistsError, match="overwrite_output_dir"):
         run_rae.main(_argv(assets, tmp_path, "--max_steps", "2", "--learning_rate", "0.01"))
@@ -286,7 +286,7 @@ def test_a_second_run_into_a_finished_output_dir_is_refused_before_writing(asset
 def test_resume_from_a_mid_epoch_checkpoint_equals_the_uninterrupted_run(assets, tmp_path):
     """16 files, batch 4: checkpoint-3 is mid-epoch. Before: 71/151 tensors differed (random crops of the next batch
     were drawn before the RNG state was restored); now augmentations depend on (seed, epoch, index) only."""
-    common = ("--max_steps", "6", "--save_steps", "3", "--rfid_steps", "0", "--sample_every", "0", "--disc_start", "1")
+    common = ("--max_steps", "6", "--save_steps", "3", "--fid_steps", "0", "--sample_every", "0", "--disc_start", "1")
     run_rae.main(_argv(assets, tmp_path / "full", *common))
     resumed = tmp_path / "resumed"
     resumed.mkdir()

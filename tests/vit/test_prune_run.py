@@ -14,10 +14,13 @@ from vit_helpers import tiny_batch, tiny_classifier
 
 import run_prune
 from rae_hf.cli import parse_args
+from rae_hf.data import image_transform
 from rae_hf.models.vit import VIT_PRESETS
 from rae_hf.prune import MaskSet, RoundMasks, RSSTCallback, dense_masks, global_magnitude_masks, refill_masks
 from rae_hf.prune import unit_groups as groups_of
-from rae_hf.scripts.run_prune import PruneDataArguments, PruneModelArguments, image_transforms, synthetic_splits
+from rae_hf.prune.arguments import PruneDataArguments, PruneModelArguments
+from rae_hf.prune.build import classification_presets
+from rae_hf.tools.synthetic_shapes import shape_splits
 from rae_hf.trainers.prune_config import PruneTrainingArguments
 from rae_hf.trainers.prune_trainer import PruneTrainer
 
@@ -117,7 +120,11 @@ def test_dataset_aliases_and_cifar_transforms():
         "uoft-cs/cifar100", "fine_label", "test",
     )  # fmt: skip
     assert PruneDataArguments(dataset_name="cifar10", image_column_name="picture").image_column_name == "picture"
-    train, evaluation = image_transforms(32, [0.5] * 3, [0.5] * 3)
+    assert classification_presets(32) == ("padded_crop_train", "resize")
+    assert classification_presets(224) == ("probe_train", "probe_eval")
+    train, evaluation = (
+        image_transform(name, 32, mean=[0.5] * 3, std=[0.5] * 3) for name in classification_presets(32)
+    )
     from PIL import Image
 
     image = Image.new("RGB", (32, 32), (255, 0, 0))
@@ -126,12 +133,9 @@ def test_dataset_aliases_and_cifar_transforms():
 
 
 def test_synthetic_splits_are_balanced_deterministic_and_plain():
-    args = PruneDataArguments(
-        dataset_name="synthetic", synthetic_train_size=12, synthetic_validation_size=8, synthetic_image_size=16
-    )
-    splits = synthetic_splits(args, seed=3)
+    splits = shape_splits(12, 8, 16, seed=3)
     assert splits["train"]["label"] == [0, 1, 2, 3] * 3 and splits["validation"]["label"] == [0, 1, 2, 3] * 2
-    again = synthetic_splits(args, seed=3)
+    again = shape_splits(12, 8, 16, seed=3)
     assert [x["bytes"] for x in again["train"]["image"]] == [x["bytes"] for x in splits["train"]["image"]]
     assert not {x["bytes"] for x in splits["train"]["image"]} & {x["bytes"] for x in splits["validation"]["image"]}
     for item in splits["train"].cast_column("image", datasets.Image()):

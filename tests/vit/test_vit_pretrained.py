@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import ViTConfig, ViTForImageClassification
 
 from rae_hf.models.vit import ViTVariantForImageClassification, build_vit, load_pretrained_weights
-from rae_hf.models.vit.pretrained import config_from_checkpoint, read_checkpoint, resample_patch_embed
+from rae_hf.models.vit.pretrained import config_from_checkpoint, read_pretrained, resample_patch_embed
 
 HF_TINY = dict(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                intermediate_size=48, num_labels=5, layer_norm_eps=1e-6)  # fmt: skip
@@ -75,7 +75,7 @@ def test_same_logits_as_source_at_source_resolution(hf_vit, timm_folder, tmp_pat
     if source == "transformers-in-memory-names":  # transformers 5 module names (layers.N.attention.q_proj, ...)
         safetensors.torch.save_file(model.state_dict(), tmp_path / "model.safetensors")
         (tmp_path / "config.json").write_text((hf_folder / "config.json").read_text())
-    state, config = read_checkpoint(str(folder))
+    state, config = read_pretrained(str(folder))
     ours = ViTVariantForImageClassification(config_from_checkpoint(state, config)).eval()
     report = load_pretrained_weights(ours, str(folder))
     assert report == {"resized": [], "skipped": []}

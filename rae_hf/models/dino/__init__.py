@@ -2,7 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
-from .configuration_dino import DinoConfig
+from .configuration_dino import DINO_BACKBONE_SIZES, DinoConfig
 from .modeling_dino import DinoHead, DinoModel, DinoOutput, DinoPreTrainedModel
 
 AutoConfig.register(DinoConfig.model_type, DinoConfig, exist_ok=True)
@@ -10,4 +10,4 @@ AutoModel.register(DinoConfig, DinoModel, exist_ok=True)
 DinoConfig.register_for_auto_class()
 DinoModel.register_for_auto_class("AutoModel")
 
-__all__ = ["DinoConfig", "DinoHead", "DinoModel", "DinoOutput", "DinoPreTrainedModel"]
+__all__ = ["DINO_BACKBONE_SIZES", "DinoConfig", "DinoHead", "DinoModel", "DinoOutput", "DinoPreTrainedModel"]

@@ -22,6 +22,7 @@ from transformers.image_utils import PILImageResampling
 from transformers.utils import ModelOutput
 
 from .configuration_dino import DinoConfig
+from .official_vit_layers import apply_official_forms, official_backbone_init
 
 # Constructor arguments some backbones need to accept `bool_masked_pos` (and to skip an unused pooler).
 BACKBONE_INIT_KWARGS = {"vit": {"use_mask_token": True, "add_pooling_layer": False}}
@@ -115,7 +116,9 @@ def _build_heads(config: DinoConfig) -> dict[str, nn.Module]:
 class DinoModel(DinoPreTrainedModel):
     """Student and teacher (`nn.ModuleDict`s with `backbone`, `dino_head` and, when separate, `ibot_head`).
 
-    The teacher's backbone has no drop path, is always in eval mode and never requires gradients.
+    The teacher's backbone has no drop path, is always in eval mode and never requires gradients. DINOv2 backbones
+    follow the DINOv2 code's position-embedding interpolation, stochastic depth and fresh init unless the config
+    asks for transformers' forms (`interpolate_offset`, `drop_path_mode`, `backbone_init`).
     `forward` takes normalized crops (see `rae_hf.data.multicrop`) and returns a [`DinoOutput`]; the losses,
     their temperatures and centring live in the trainer.
     """
@@ -128,9 +131,13 @@ class DinoModel(DinoPreTrainedModel):
         self.student = nn.ModuleDict({"backbone": _build_backbone(config.backbone_config), **_build_heads(config)})
         self.teacher = nn.ModuleDict({"backbone": _build_backbone(teacher_config), **_build_heads(config)})
         self.teacher.requires_grad_(False)
+        for part in (self.student, self.teacher):
+            apply_official_forms(part["backbone"], config.interpolate_offset, config.drop_path_mode)
         parameters = inspect.signature(self.student["backbone"].forward).parameters
         self._backbone_kwargs = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in parameters else {}
         self.post_init()
+        if config.backbone_init == "official":  # a loaded checkpoint replaces it
+            official_backbone_init(self.student["backbone"])
         self.teacher.load_state_dict(self.student.state_dict())  # the teacher starts as the student
 
     def train(self, mode: bool = True) -> DinoModel:

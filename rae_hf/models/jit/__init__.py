@@ -6,7 +6,14 @@ copies the two model files next to the weights (`auto_map`), so a pushed JiT loa
 
 from transformers import AutoConfig, AutoModel
 
-from .configuration_jit import JIT_SIZES, PREDICTION_TYPES, PUBLISHED_PRESETS, JiTConfig, swiglu_hidden_size
+from .configuration_jit import (
+    JIT_PRESETS,
+    JIT_SIZES,
+    PREDICTION_TYPES,
+    PUBLISHED_PRESETS,
+    JiTConfig,
+    swiglu_hidden_size,
+)
 from .modeling_jit import JiTModel, JiTOutput, JiTPreTrainedModel
 
 AutoConfig.register(JiTConfig.model_type, JiTConfig, exist_ok=True)
@@ -15,6 +22,7 @@ JiTConfig.register_for_auto_class()
 JiTModel.register_for_auto_class("AutoModel")
 
 __all__ = [
+    "JIT_PRESETS",
     "JIT_SIZES",
     "PREDICTION_TYPES",
     "PUBLISHED_PRESETS",

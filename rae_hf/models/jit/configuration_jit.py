@@ -6,15 +6,30 @@ from ``rae_hf``: a pushed checkpoint loads with ``trust_remote_code=True`` where
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
+from typing import Any
 
 from transformers import PreTrainedConfig
 
 # Sizes of the paper (Table 9; G is paper-only): width, depth, heads, patch-embedding bottleneck, first block that
 # sees the in-context class tokens, and the dropout of the middle blocks (`--proj_dropout` of the official code).
 JIT_SIZES: dict[str, dict[str, float]] = {
-    "B": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, bottleneck_dim=128, in_context_start=4),
-    "L": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, bottleneck_dim=128, in_context_start=8),
+    "B": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        bottleneck_dim=128,
+        in_context_start=4,
+        dropout=0.0,
+    ),
+    "L": dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        bottleneck_dim=128,
+        in_context_start=8,
+        dropout=0.0,
+    ),
     "H": dict(
         hidden_size=1280,
         num_hidden_layers=32,
@@ -32,10 +47,38 @@ JIT_SIZES: dict[str, dict[str, float]] = {
         dropout=0.2,
     ),
 }
-# Published (size, patch, image size) settings: /16 at 256, /32 at 512, B/4 at 64 (a paper ablation).
+# Published (size, patch) settings, 16 patches per side: /16 at 256, /32 at 512, B/4 at 64 (a paper ablation).
 PUBLISHED_PRESETS = ("JiT-B/4", "JiT-B/16", "JiT-B/32", "JiT-L/16", "JiT-L/32", "JiT-H/16", "JiT-H/32", "JiT-G/16")
+JIT_PRESETS: dict[str, dict[str, float]] = {
+    name: dict(JIT_SIZES[name[4]], patch_size=int(name[6:]), image_size=16 * int(name[6:]))
+    for name in PUBLISHED_PRESETS
+}
+DEFAULT_PRESET = "JiT-B/16"  # sizes of a config given neither a preset nor sizes
 PREDICTION_TYPES = ("x", "eps", "v")
-_PRESET_PATTERN = re.compile(r"^(?:JiT-)?([BLHG])/(\d+)$")
+
+
+# Copied from rae_hf.models.presets.apply_preset
+def apply_preset(
+    config: Any,
+    presets: Mapping[str, Mapping[str, Any]],
+    preset: str | None,
+    argument: str,
+    prefix: str = "",
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
+    """Fill `config.<prefix><field>` from `presets[preset]` (then from `defaults`) wherever it is still `None`.
+
+    Fields a preset sets default to `None` in the config, so "not given" is visible; an explicit value is never
+    replaced. An unknown `preset` raises a `ValueError` naming `argument` and listing the known names.
+    """
+    if preset is not None and preset not in presets:
+        raise ValueError(
+            f"{argument}={preset!r} is unknown; choose one of {sorted(presets)} or set the fields yourself."
+        )
+    values = {**(defaults or {}), **(presets[preset] if preset is not None else {})}
+    for field, value in values.items():
+        if getattr(config, prefix + field, None) is None:
+            setattr(config, prefix + field, value)
 
 
 def swiglu_hidden_size(hidden_size: int, mlp_ratio: float = 4.0) -> int:
@@ -46,10 +89,13 @@ def swiglu_hidden_size(hidden_size: int, mlp_ratio: float = 4.0) -> int:
 class JiTConfig(PreTrainedConfig):
     r"""Configuration of [`JiTModel`]. Defaults are JiT-B/16 at 256x256 on ImageNet (1000 classes).
 
-    Use `JiTConfig.from_preset("JiT-B/4", num_classes=10)`: any of B/L/H/G with any patch size (the image size
-    defaults to 16 patches per side, e.g. 64 for /4, 256 for /16, 512 for /32); explicit arguments always win.
+    Use `JiTConfig(preset="JiT-B/4", num_classes=10)` (or `JiTConfig.from_preset(...)`): a published name of
+    `JIT_PRESETS` (16 patches per side: 64 px for /4, 256 for /16, 512 for /32); explicit arguments always win, so
+    another patch size is `preset="JiT-B/16", patch_size=8, image_size=128`.
 
     Args:
+        preset (`str`, *optional*): fills the size fields below that are not given (`None`); with neither a preset
+            nor sizes, those of `DEFAULT_PRESET` (JiT-B/16). An unknown name is an error listing the known ones.
         image_size (`int`): side of the square images; must be a multiple of `patch_size`.
         patch_size (`int`): pixels per token side.
         num_channels (`int`): image channels (3).
@@ -74,18 +120,19 @@ class JiTConfig(PreTrainedConfig):
 
     model_type = "jit"
 
-    image_size: int = 256
-    patch_size: int = 16
+    preset: str | None = None
+    image_size: int | None = None
+    patch_size: int | None = None
     num_channels: int = 3
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
+    hidden_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
     intermediate_size: int | None = None
-    bottleneck_dim: int = 128
+    bottleneck_dim: int | None = None
     num_classes: int = 1000
     num_in_context_tokens: int = 32
-    in_context_start: int = 4
-    dropout: float = 0.0
+    in_context_start: int | None = None
+    dropout: float | None = None
     attention_dropout: float = 0.0
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
@@ -96,6 +143,7 @@ class JiTConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        apply_preset(self, JIT_PRESETS, self.preset, "preset", defaults=JIT_PRESETS[DEFAULT_PRESET])
         if self.intermediate_size is None:
             self.intermediate_size = swiglu_hidden_size(self.hidden_size)
         if self.noise_scale is None:  # official: 1.0 (the CLI default) at <= 256 px, 2.0 at 512, 4.0 at 1024
@@ -104,17 +152,8 @@ class JiTConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> JiTConfig:
-        """`"JiT-B/16"` (also `"B/16"`): size B/L/H/G and patch size; `overrides` replace any preset value."""
-        match = _PRESET_PATTERN.match(name)
-        if match is None:
-            raise ValueError(
-                f"preset={name!r} is not a JiT name: use 'JiT-<B|L|H|G>/<patch>', e.g. one of {PUBLISHED_PRESETS}."
-            )
-        size, patch = match.group(1), int(match.group(2))
-        overrides = {k: v for k, v in overrides.items() if v is not None}  # None: keep the preset's value
-        values: dict = dict(JIT_SIZES[size], patch_size=patch)
-        values["image_size"] = overrides.get("image_size", 16 * patch)
-        return cls(**(values | overrides))
+        """`JiTConfig(preset=name, **overrides)`, where an override of `None` means "not given"."""
+        return cls(preset=name, **{key: value for key, value in overrides.items() if value is not None})
 
     def _validate(self) -> None:
         positive = (
@@ -173,4 +212,13 @@ class JiTConfig(PreTrainedConfig):
         return self.num_classes
 
 
-__all__ = ["JIT_SIZES", "PREDICTION_TYPES", "PUBLISHED_PRESETS", "JiTConfig", "swiglu_hidden_size"]
+__all__ = [
+    "DEFAULT_PRESET",
+    "JIT_PRESETS",
+    "JIT_SIZES",
+    "PREDICTION_TYPES",
+    "PUBLISHED_PRESETS",
+    "JiTConfig",
+    "apply_preset",
+    "swiglu_hidden_size",
+]

@@ -267,6 +267,7 @@ class JiTModel(JiTPreTrainedModel):
         lo, hi = depth // 4, 3 * (depth // 4)
         self.blocks = nn.ModuleList(JiTBlock(config, config.dropout if lo <= i < hi else 0.0) for i in range(depth))
         self.final_layer = JiTFinalLayer(config)
+        self._rope_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
         self.post_init()
 
     @classmethod
@@ -281,10 +282,25 @@ class JiTModel(JiTPreTrainedModel):
         """The patch embedding (Accelerate's FSDP2 wrapping asks for it and shards it as its own unit)."""
         return self.x_embedder
 
-    def rope(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE tables of the image tokens (recomputed: no buffers, as in the official checkpoints)."""
-        head_dim = self.config.hidden_size // self.config.num_attention_heads
-        return rope_tables_2d(head_dim, self.config.grid_size, self.config.rope_theta, device)
+    def rope(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RoPE `cos`, `sin` of the image tokens, then of [class tokens (identity rotation), image tokens]; built once
+        per (grid, device) and cached outside the state dict (no buffers, as in the official checkpoints)."""
+        key = (self.config.grid_size, self.config.num_in_context_tokens, str(device))
+        if key not in self._rope_cache:
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable in training after sampling
+                head_dim = self.config.hidden_size // self.config.num_attention_heads
+                cos, sin = rope_tables_2d(head_dim, self.config.grid_size, self.config.rope_theta, device)
+                n_ctx = self.config.num_in_context_tokens
+                cos_ctx = torch.cat([cos.new_ones(n_ctx, cos.shape[1]), cos])
+                sin_ctx = torch.cat([sin.new_zeros(n_ctx, sin.shape[1]), sin])
+            self._rope_cache[key] = (cos, sin, cos_ctx, sin_ctx)
+        return self._rope_cache[key]
+
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """`torch.compile` each block in place (parameter names unchanged); the RoPE tables, the in-context tokens
+        and the final layer stay eager."""
+        for block in self.blocks:
+            block.compile(**compile_kwargs)
 
     def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
         """`[B, g*g, p*p*C]` (patch values ordered row, column, channel) -> `[B, C, g*p, g*p]`."""
@@ -307,13 +323,12 @@ class JiTModel(JiTPreTrainedModel):
         y = self.y_embedder(class_labels)
         c = self.t_embedder(t) + y
         h = self.x_embedder(x) + self.pos_embed
-        cos, sin = self.rope(x.device)
+        cos, sin, cos_ctx, sin_ctx = self.rope(x.device)
         n_ctx = self.config.num_in_context_tokens
         for index, block in enumerate(self.blocks):
             if n_ctx and index == self.config.in_context_start:
                 h = torch.cat([y.unsqueeze(1) + self.in_context_posemb, h], dim=1)
-                cos = torch.cat([cos.new_ones(n_ctx, cos.shape[1]), cos])  # identity rotation for class tokens
-                sin = torch.cat([sin.new_zeros(n_ctx, sin.shape[1]), sin])
+                cos, sin = cos_ctx, sin_ctx
             h = block(h, c, cos, sin)
         if n_ctx:
             h = h[:, n_ctx:]

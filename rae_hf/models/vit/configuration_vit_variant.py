@@ -6,6 +6,9 @@ from ``rae_hf``: a pushed checkpoint loads with ``trust_remote_code=True`` where
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from transformers import PreTrainedConfig
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -27,13 +30,42 @@ VIT_PRESETS: dict[str, dict] = {
     "vit_large_imagenet": dict(image_size=224, patch_size=16, hidden_size=1024, num_hidden_layers=24,
                                num_attention_heads=16, intermediate_size=4096, num_labels=1000),
 }  # fmt: skip
+# Sizes of a config given neither a preset nor sizes: ViT-B/16 at 224, as transformers' `ViTConfig()` (the sizes of
+# `vit_base_imagenet`; the number of labels stays transformers' default unless given).
+DEFAULT_SIZES = {key: value for key, value in VIT_PRESETS["vit_base_imagenet"].items() if key != "num_labels"}
+
+
+# Copied from rae_hf.models.presets.apply_preset
+def apply_preset(
+    config: Any,
+    presets: Mapping[str, Mapping[str, Any]],
+    preset: str | None,
+    argument: str,
+    prefix: str = "",
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
+    """Fill `config.<prefix><field>` from `presets[preset]` (then from `defaults`) wherever it is still `None`.
+
+    Fields a preset sets default to `None` in the config, so "not given" is visible; an explicit value is never
+    replaced. An unknown `preset` raises a `ValueError` naming `argument` and listing the known names.
+    """
+    if preset is not None and preset not in presets:
+        raise ValueError(
+            f"{argument}={preset!r} is unknown; choose one of {sorted(presets)} or set the fields yourself."
+        )
+    values = {**(defaults or {}), **(presets[preset] if preset is not None else {})}
+    for field, value in values.items():
+        if getattr(config, prefix + field, None) is None:
+            setattr(config, prefix + field, value)
 
 
 class ViTVariantConfig(PreTrainedConfig):
     r"""Configuration of [`ViTVariantModel`] / [`ViTVariantForImageClassification`] (timm `VisionTransformer` shape).
 
     Args:
-        preset (`str`, *optional*): one of `VIT_PRESETS`; its values are defaults that explicit arguments override.
+        preset (`str`, *optional*): one of `VIT_PRESETS`: fills the sizes and the number of labels that are not given
+            (explicit arguments win; an unknown name is an error). With neither a preset nor sizes: ViT-B/16 at 224
+            (`DEFAULT_SIZES`, as transformers' `ViTConfig()`).
         image_size / patch_size / num_channels (`int`): input side, patch side, input channels.
         hidden_size (`int`): token width D.
         num_hidden_layers (`int`): number of blocks.
@@ -76,25 +108,20 @@ class ViTVariantConfig(PreTrainedConfig):
         image_std: list[float] | tuple[float, ...] = IMAGENET_STD,
         **kwargs,
     ):
-        if preset is not None:
-            if preset not in VIT_PRESETS:
-                raise ValueError(f"preset must be one of {sorted(VIT_PRESETS)}, got {preset!r}.")
-            values = VIT_PRESETS[preset]
-            if "num_labels" not in kwargs and "id2label" not in kwargs:
-                kwargs["num_labels"] = values["num_labels"]
-        else:
-            values = dict(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
-                          num_attention_heads=12, intermediate_size=3072)  # fmt: skip
         self.preset = preset
-        self.image_size = values["image_size"] if image_size is None else image_size
-        self.patch_size = values["patch_size"] if patch_size is None else patch_size
+        self.image_size = image_size
+        self.patch_size = patch_size
         self.num_channels = num_channels
-        self.hidden_size = values["hidden_size"] if hidden_size is None else hidden_size
-        self.num_hidden_layers = values["num_hidden_layers"] if num_hidden_layers is None else num_hidden_layers
-        heads = values["num_attention_heads"] if num_attention_heads is None else num_attention_heads
-        self.num_attention_heads = list(heads) if isinstance(heads, (list, tuple)) else heads
-        mlp = values["intermediate_size"] if intermediate_size is None else intermediate_size
-        self.intermediate_size = list(mlp) if isinstance(mlp, (list, tuple)) else mlp
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        apply_preset(self, VIT_PRESETS, preset, "preset", defaults=DEFAULT_SIZES)
+        if preset is not None and "num_labels" not in kwargs and kwargs.get("id2label") is None:
+            kwargs["num_labels"] = VIT_PRESETS[preset]["num_labels"]  # PreTrainedConfig takes labels from kwargs
+        for name in ("num_attention_heads", "intermediate_size"):
+            value = getattr(self, name)
+            setattr(self, name, list(value) if isinstance(value, (list, tuple)) else value)
         if head_dim is None:
             first = (
                 self.num_attention_heads if isinstance(self.num_attention_heads, int) else max(self.num_attention_heads)
@@ -151,4 +178,4 @@ class ViTVariantConfig(PreTrainedConfig):
         return (self.image_size // self.patch_size) ** 2
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VIT_PRESETS", "ViTVariantConfig"]
+__all__ = ["DEFAULT_SIZES", "IMAGENET_MEAN", "IMAGENET_STD", "VIT_PRESETS", "ViTVariantConfig", "apply_preset"]

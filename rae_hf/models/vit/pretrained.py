@@ -14,10 +14,10 @@ import logging
 import os
 import re
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint_io import read_checkpoint, resolve_file, select_state_dict
 from .configuration_vit_variant import ViTVariantConfig
 
 logger = logging.getLogger(__name__)
@@ -68,37 +68,17 @@ def default_source(preset: str | None) -> str:
     return PRETRAINED_SOURCES[preset]
 
 
-def read_checkpoint(source: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, its config.json or {}) of a local file, a local folder or a hub repo (safetensors preferred)."""
+def read_pretrained(source: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, its config.json or {}) of a local weights file, a local folder or a hub repo (safetensors
+    preferred), read by the shared checkpoint reader (`rae_hf.models.checkpoint_io`: nothing is executed)."""
     if os.path.isfile(source):
-        folder, files = os.path.dirname(source), [source]
-    elif os.path.isdir(source):
-        folder, files = source, [os.path.join(source, name) for name in WEIGHT_FILES]
+        path, config_path = source, os.path.join(os.path.dirname(source), "config.json")
     else:
-        from huggingface_hub import hf_hub_download
-
-        folder, files = None, []
-        for name in WEIGHT_FILES:
-            try:
-                files = [hf_hub_download(source, name)]
-                break
-            except Exception as err:  # try the next file name, report the last failure
-                last_error = err
-        if not files:
-            raise FileNotFoundError(f"Could not get weights of {source!r} from the hub: {last_error}") from last_error
-        try:
-            folder = os.path.dirname(hf_hub_download(source, "config.json"))
-        except Exception:
-            folder = None
-    path = next((f for f in files if os.path.isfile(f)), None)
-    if path is None:
-        raise FileNotFoundError(f"No {' or '.join(WEIGHT_FILES)} in {source!r}.")
-    if path.endswith(".safetensors"):
-        state = safetensors.torch.load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state.get("model", state))
-    config_path = os.path.join(folder, "config.json") if folder else None
+        path = next((found for found in (resolve_file(source, name) for name in WEIGHT_FILES) if found), None)
+        if path is None:
+            raise FileNotFoundError(f"No {' or '.join(WEIGHT_FILES)} in {source!r} (a folder or a hub repo).")
+        config_path = resolve_file(source, "config.json")
+    state = select_state_dict(read_checkpoint(path), path, candidates=("state_dict", "model"))
     config = {}
     if config_path and os.path.isfile(config_path):
         with open(config_path) as f:
@@ -223,7 +203,7 @@ def load_pretrained_weights(model: torch.nn.Module, source: str) -> dict[str, li
     Every other tensor must exist with the right shape (a clear error otherwise). Returns `{"resized": [...],
     "skipped": [...]}`. The model's config gets the source's image mean/std when the checkpoint records them.
     """
-    state, source_config = read_checkpoint(source)
+    state, source_config = read_pretrained(source)
     timm_state = to_timm_names(state)
     backbone = getattr(model, "vit", model)
     prefix = "vit." if backbone is not model else ""

@@ -1,4 +1,4 @@
-"""Monitoring of self-supervised pretraining: kNN accuracy of a backbone on a labelled split, and the crop picture.
+"""DINO's training callbacks: kNN accuracy of a backbone on a labelled split, and the crop picture.
 
 `KnnMonitorCallback` extracts the L2-normalized CLS features of the (teacher) backbone on a labelled train and
 evaluation loader and runs the probe's weighted kNN (`rae_hf.probe.knn`), every `every_steps` optimizer steps and
@@ -15,8 +15,8 @@ from torch import nn
 from torchvision.transforms import v2
 from transformers import Trainer, TrainerCallback
 
+from ..callbacks.image_evaluation import report_image
 from ..probe.knn import knn_evaluate
-from .image_evaluation import report_image
 
 __all__ = ["CropPictureCallback", "KnnMonitorCallback", "backbone_features"]
 

@@ -1,8 +1,10 @@
-"""Reading checkpoints for converters: find a file (local folder or hub), read it without executing anything
-(safetensors, or `torch.load(weights_only=True)`), pick the state dict inside a training checkpoint, strip wrapper
-prefixes, and load exactly with a report of missing, unexpected and mis-shaped keys.
+"""Reading checkpoint files without executing anything: find a file (local folder or hub), read it (safetensors, or
+`torch.load(weights_only=True)`), pick the state dict inside a training checkpoint, strip wrapper prefixes, and load
+exactly with a report of missing, unexpected and mis-shaped keys.
 
-Shared by every converter (RAE <-> diffusers, official RAE, JiT, DiT, ViT); nothing here knows a model.
+The one checkpoint reader of rae_hf, shared by the converters (`rae_hf.convert`) and pretrained-weight loading
+(`rae_hf.models.vit.pretrained`); nothing here knows a model. Model files copied next to pushed weights never
+import it.
 """
 
 from __future__ import annotations

@@ -143,3 +143,16 @@ def save_run_config(output_dir: str, *arguments) -> str:
     with open(path, "w") as f:
         json.dump(resolved, f, indent=2, default=str)
     return path
+
+
+def train_and_save(trainer, resume_from_checkpoint, dataset: str | None):
+    """The training scripts' common run: `trainer.train` (resuming from `resume_from_checkpoint`), then the final
+    model (what the trainer leaves in it, e.g. EMA weights), the train metrics, the trainer state and the model card
+    naming `dataset`. Returns the `TrainOutput`."""
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    trainer.create_model_card(dataset=dataset)
+    return result

@@ -50,6 +50,14 @@ def make_args(output_dir, **overrides) -> RAETrainingArguments:
     return RAETrainingArguments(**values)
 
 
+def cpu_training_args(args_class: type, output_dir, **values):
+    """`args_class` (a trainer's arguments) for tiny CPU tests: no saving, reporting, workers, progress bars or CSV
+    log, seed 0, a log every step; `values` add to or replace these."""
+    quiet = dict(logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0)
+    quiet |= dict(dataloader_num_workers=0, disable_tqdm=True, log_csv=False)
+    return args_class(output_dir=str(output_dir), **{**quiet, **values})
+
+
 def launch_two_cpu_processes(script: str, *script_args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """`accelerate launch` with accelerate_configs/cpu_ddp.yaml (2 gloo processes) on a free port."""
     with socket.socket() as sock:

@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 class CSVLoggerCallback(TrainerCallback):
     """Appends `step,epoch,name,value` rows to `<output_dir>/logs.csv` on the main process, one row per logged value
     (long format, so training and evaluation entries with different keys share one file). A resumed run first drops
-the rows at or past the step it resumes from, so the file reads as one run."""
+    the rows logged after its checkpoint's step (that step's own rows came before the checkpoint): no repeats."""
 
     def __init__(self, output_dir: str, filename: str = "logs.csv"):
         self.path = os.path.join(output_dir, filename)
@@ -21,7 +21,7 @@ the rows at or past the step it resumes from, so the file reads as one run."""
             return
         with open(self.path, newline="") as f:
             rows = list(csv.reader(f))
-        kept = rows[:1] + [row for row in rows[1:] if int(row[0]) < state.global_step]
+        kept = rows[:1] + [row for row in rows[1:] if int(row[0]) <= state.global_step]
         with open(self.path, "w", newline="") as f:
             csv.writer(f).writerows(kept)
 

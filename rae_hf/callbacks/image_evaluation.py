@@ -1,5 +1,6 @@
 """Image evaluation during training as a TrainerCallback: any evaluate function (rFID/PSNR/SSIM of reconstructions,
-FID/IS of generated samples, ...) on a step/epoch cadence, its best value kept across resume, and sample grids."""
+FID/IS of generated samples, ...) on a step/epoch cadence, its best value kept across resume, and sample grids; the
+reconstruction (`RFIDCallback`) and generation (`GenerationEvaluationCallback`) ones."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from transformers import Trainer, TrainerCallback
 from transformers.integrations import TensorBoardCallback, WandbCallback
 
 from ..data.sharding import shard_loader
+from ..evaluation.generation import SampleFn, evaluate_generation
 from ..metrics.fid import check_fid_sample_count
-from ..visualization import reconstruction_grid, save_png, to_uint8
+from ..visualization import image_grid, labelled_grid, reconstruction_grid, save_png, to_uint8
 from .ema import EMACallback
 
-__all__ = ["ImageEvaluationCallback", "RFIDCallback", "report_image"]
+__all__ = ["GenerationEvaluationCallback", "ImageEvaluationCallback", "RFIDCallback", "report_image"]
 
 EvaluateFn = Callable[[nn.Module], dict[str, float]]
 GridFn = Callable[[nn.Module], torch.Tensor]
@@ -225,6 +227,75 @@ class RFIDCallback(ImageEvaluationCallback):
             return None
         images = torch.stack(examples).to(next(model.parameters()).device)
         return reconstruction_grid(images, model(images).reconstruction)
+
+
+class GenerationEvaluationCallback(ImageEvaluationCallback):
+    """Generation FID/IS every `fid_steps` (and at epoch ends with `fid_at_epoch_end`), class-balanced over all
+    processes, logged as `eval_fid`, `eval_inception_score`, ...; and every `sample_every` steps and at the end a
+    fixed-seed grid of `num_grid_samples` samples (`samples/step_N.png`, W&B/TensorBoard). EMA weights when given.
+
+    The trainer's arguments give the cadence, counts and seed; a subclass gives `sample_fn(model, seed)` (a
+    `SampleFn`), `eval_num_classes(model)` (None: unconditional) and `grid_layout(model, count)` (labels or None,
+    columns). The grid is sampled on every process (an FSDP forward is collective) and saved by the main one.
+    """
+
+    def __init__(self, trainer: Trainer, ema: EMACallback | None = None, class_names: list[str] | None = None):
+        args = trainer.args
+        self.reference = args.fid_reference_stats
+        self.class_names = class_names
+        super().__init__(
+            trainer,
+            self._evaluate_generation,
+            best_metric="fid" if self.reference else "inception_score",
+            greater_is_better=not self.reference,
+            eval_steps=args.fid_steps,
+            at_epoch_end=args.fid_at_epoch_end,
+            sample_every=args.sample_every,
+            grid_fn=self._sample_grid if args.num_grid_samples > 0 else None,
+            grid_name="samples",
+            ema=ema,
+        )
+
+    def sample_fn(self, model: nn.Module, seed: int) -> SampleFn:
+        raise NotImplementedError
+
+    def eval_num_classes(self, model: nn.Module) -> int | None:
+        raise NotImplementedError
+
+    def grid_layout(self, model: nn.Module, count: int) -> tuple[torch.Tensor | None, int]:
+        raise NotImplementedError
+
+    def _evaluate_generation(self, model: nn.Module) -> dict[str, float]:
+        args, accelerator = self.trainer.args, self.trainer.accelerator
+        return evaluate_generation(
+            self.sample_fn(model, args.seed + 1 + accelerator.process_index),
+            args.fid_num_samples,
+            args.per_device_eval_batch_size,
+            accelerator=accelerator,
+            reference=self.reference,
+            num_classes=self.eval_num_classes(model),
+            inception_weights=args.inception_weights,
+            inception_score_splits=min(10, args.fid_num_samples),
+        )
+
+    def log_grid(self, model: nn.Module, step: int) -> str | None:
+        self._last_grid_step = step
+        if self.grid_fn is None:
+            return None
+        with self._evaluation_weights(model):
+            grid = self.grid_fn(model)
+        if not self.trainer.is_world_process_zero():
+            return None
+        return self.save_grid(grid, step)
+
+    def _sample_grid(self, model: nn.Module) -> torch.Tensor:
+        count = self.trainer.args.num_grid_samples
+        labels, columns = self.grid_layout(model, count)
+        labels = None if labels is None else labels.to(next(model.parameters()).device)
+        images = self.sample_fn(model, self.trainer.args.seed)(count, labels)
+        if labels is None:
+            return image_grid(images, columns)
+        return labelled_grid(images, labels.tolist(), self.class_names, columns)
 
 
 def report_image(trainer: Trainer, name: str, image: torch.Tensor, step: int) -> None:

@@ -76,15 +76,16 @@ def rae_guidance_interval(interval: Sequence[float]) -> tuple[float, float]:
 def rae_velocity(model: nn.Module, z: torch.Tensor, t: float | torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Core velocity `[B, ...]` (float32) at core time `t` from a network in the RAE convention.
 
-    The network gets `z` in its dtype (`model.dtype` when it has one), float32 RAE times `[B]` and the labels, and
-    returns `.prediction` = its velocity `e - x`. A float `t` (a sampling grid value) is converted exactly; a `[B]`
-    tensor in float32.
+    The network gets `z` in its parameters' dtype (read from the parameters, so wrappers without `.dtype`, e.g.
+    DDP, work), float32 RAE times `[B]` and the labels, and returns `.prediction` = its velocity `e - x`. A float `t`
+    (a sampling grid value) is converted exactly; a `[B]` tensor in float32.
     """
     if isinstance(t, torch.Tensor):
         timesteps = to_rae_time(t.to(device=z.device, dtype=torch.float32)).expand(z.shape[0])
     else:
         timesteps = torch.full((z.shape[0],), to_rae_time(t), dtype=torch.float32, device=z.device)
-    output = model(z.to(getattr(model, "dtype", z.dtype)), timesteps, labels).prediction
+    parameter = next(model.parameters(), None)
+    output = model(z if parameter is None else z.to(parameter.dtype), timesteps, labels).prediction
     return from_rae_velocity(output.float())
 
 

@@ -1,11 +1,15 @@
 """FID and Inception Score of N images from any sampler callable, each process generating and scoring its own
-unpadded share (class-conditional samplers get class-balanced labels)."""
+unpadded share (class-conditional samplers get class-balanced labels); a sampler over a diffusion pipeline; one row
+per guidance scale written to `eval_results.json`; the `--do_eval` arguments the generation scripts share."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -14,10 +18,19 @@ from tqdm.auto import tqdm
 from ..data.sharding import process_range
 from ..metrics import FIDMetric, InceptionFeatureExtractor, InceptionScore
 from ..metrics.fid import ArrayLike
-from .reference import load_reference_statistics
+from .reference import compute_reference_statistics, load_reference_statistics
 from .sample_writer import SampleWriter
 
-__all__ = ["SampleFn", "balanced_labels", "evaluate_generation"]
+__all__ = [
+    "GenerationEvalArguments",
+    "SampleFn",
+    "balanced_labels",
+    "evaluate_generation",
+    "evaluate_guidance_scales",
+    "pipeline_sample_fn",
+]
+
+logger = logging.getLogger(__name__)
 
 SampleFn = Callable[[int, Tensor | None], Tensor]
 """`sample_fn(num_images, labels)` -> float images `[num_images, 3, H, W]` in [0, 1]; `labels` is a LongTensor
@@ -139,3 +152,97 @@ def evaluate_generation(
         results["fid"] = float(fid.compute())
     results["num_samples"] = num_samples
     return results
+
+
+def pipeline_sample_fn(pipe, seed: int = 0, autocast_dtype: torch.dtype | None = None, **call_kwargs) -> SampleFn:
+    """A `SampleFn` over a class-conditional diffusion pipeline: `pipe(labels, batch_size=n, generator=g,
+    output_type="pt", **call_kwargs).images`, the initial noise drawn from one generator seeded with `seed` on the
+    pipeline's device (give each process its own seed); `autocast_dtype` runs it under autocast."""
+    generator = torch.Generator(pipe.device).manual_seed(seed)
+
+    def sample(count: int, labels: Tensor | None) -> Tensor:
+        device_type = pipe.device.type
+        autocast = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        with autocast:
+            return pipe(labels, batch_size=count, generator=generator, output_type="pt", **call_kwargs).images
+
+    return sample
+
+
+def evaluate_guidance_scales(
+    sample_fn_for: Callable[[float], SampleFn],
+    guidance_scales: Sequence[float],
+    num_samples: int,
+    batch_size: int,
+    accelerator=None,
+    save_dir: str | os.PathLike | None = None,
+    results_path: str | os.PathLike | None = None,
+    **evaluate_kwargs,
+) -> list[dict]:
+    """`evaluate_generation` of `sample_fn_for(w)` for each guidance scale `w`: one row `{"guidance_scale": w,
+    "fid", "inception_score", ...}` each, logged, and written as a JSON list to `results_path` by the main process.
+    `save_dir` keeps each scale's PNGs and ADM `.npz` in `save_dir/guidance_<w>`; `evaluate_kwargs` go to
+    `evaluate_generation` (`reference`, `num_classes`, `inception_weights`, ...). Every process must call it."""
+    rows = []
+    for scale in guidance_scales:
+        result = evaluate_generation(
+            sample_fn_for(scale),
+            num_samples,
+            batch_size,
+            accelerator=accelerator,
+            save_dir=None if save_dir is None else os.path.join(save_dir, f"guidance_{scale:g}"),
+            **evaluate_kwargs,
+        )
+        rows.append({"guidance_scale": scale, **result})
+        logger.info("Guidance scale %g: %s", scale, result)
+    if results_path is not None and _process(accelerator)[0] == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
+        with open(results_path, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
+
+
+@dataclass
+class GenerationEvalArguments:
+    """`--do_eval` and reference-statistics arguments of the generation scripts (`run_jit.py`, `run_rae_dit.py`)."""
+
+    num_eval_samples: int = field(default=50000, metadata={"help": "--do_eval: class-balanced samples (paper 50k)."})
+    guidance_scales: list[float] | None = field(
+        default=None, metadata={"help": "--do_eval: one FID/IS row per guidance scale (default: --guidance_scale)."}
+    )
+    save_samples: bool = field(default=False, metadata={"help": "--do_eval: write PNGs and an ADM .npz per scale."})
+    compute_fid_stats: str | None = field(
+        default=None, metadata={"help": "Save the Inception statistics of the validation split to this .npz, exit."}
+    )
+
+    def save_fid_stats(self, dataset, collate_fn, training_args) -> int:
+        """`--compute_fid_stats`: the Inception statistics of `dataset` (the validation split's images) saved to
+        that `.npz`, with the training arguments' device, eval batch size and Inception weights. Returns the count."""
+        from accelerate import Accelerator
+
+        count = compute_reference_statistics(
+            dataset,
+            collate_fn,
+            Accelerator(cpu=training_args.use_cpu),
+            self.compute_fid_stats,
+            batch_size=training_args.per_device_eval_batch_size,
+            inception_weights=training_args.inception_weights,
+        )
+        logger.info("Saved the Inception statistics of %d images to %s", count, self.compute_fid_stats)
+        return count
+
+    def sweep_kwargs(self, training_args) -> dict:
+        """The `evaluate_guidance_scales` arguments these and the training arguments give: the scales (default
+        `--guidance_scale`), sample count, batch size, `output_dir/eval_results.json`, `output_dir/samples` with
+        `--save_samples`, the FID reference and Inception weights."""
+        output_dir = training_args.output_dir
+        return dict(
+            guidance_scales=self.guidance_scales or [training_args.guidance_scale],
+            num_samples=self.num_eval_samples,
+            batch_size=training_args.per_device_eval_batch_size,
+            save_dir=os.path.join(output_dir, "samples") if self.save_samples else None,
+            results_path=os.path.join(output_dir, "eval_results.json"),
+            reference=training_args.fid_reference_stats,
+            inception_weights=training_args.inception_weights,
+            inception_score_splits=min(10, self.num_eval_samples),
+        )

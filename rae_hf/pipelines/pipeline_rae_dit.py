@@ -1,12 +1,13 @@
 """`RAEDiTPipeline`: class-conditional sampling of a `DiTDHModel` on normalized RAE latents, decoded by the RAE.
 
 The sampler is RAE stage 2's: the official float32 grid `1 - linspace(0, 0.999, N + 1)` shifted by
-`s = sqrt(C h w / 4096)`, integrated by the shared core (`rae_hf.diffusion`, which works in its own time convention
-and calls the network in official RAE time through `rae_velocity`). Euler is the published sampler (one network call
-per step: `num_inference_steps=49` is the official 50-point grid); Heun is the core's (Heun steps, a final Euler
-step). Guidance follows DiT-DH: on only when `guidance_scale > 1`, at the steps whose RAE time lies in
-`guidance_interval = (t_min, t_max)` (both inclusive); CFG `v_u + w (v_c - v_u)` with the null label `num_classes`,
-or autoguidance `v_G + w (v_M - v_G)` with a weaker `guidance_model` given the same labels.
+`s = sqrt(C h w / 4096)` (or the training shift the DiT's config records, `time_shift`), integrated by the shared core
+(`rae_hf.diffusion`, which works in its own time convention and calls the network in official RAE time through
+`rae_velocity`). Euler is the published sampler (one network call per step: `num_inference_steps=49` is the official
+50-point grid); Heun is the core's (Heun steps, a final Euler step). Guidance follows DiT-DH: on only when
+`guidance_scale > 1`, at the steps whose RAE time lies in `guidance_interval = (t_min, t_max)` (both inclusive); CFG
+`v_u + w (v_c - v_u)` with the null label `num_classes`, or autoguidance `v_G + w (v_M - v_G)` with a weaker
+`guidance_model` given the same labels.
 
 Saving and loading (the folder holds `model_index.json`, `transformer/`, `vae/` and a two-line
 `pipeline_rae_dit.py` that imports this class from the installed `rae_hf`):
@@ -20,7 +21,6 @@ Saving and loading (the folder holds `model_index.json`, `transformer/`, `vae/` 
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Sequence
 
@@ -84,7 +84,10 @@ class RAEDiTPipeline(DiffusionPipeline):
             )
 
     def default_time_shift(self) -> float:
-        """RAE's shift for the transformer's latent size, `sqrt(C h w / 4096)` (sqrt(48) for 768 x 16 x 16)."""
+        """The shift the transformer was trained with (`config.time_shift`), else RAE's for its latent size,
+        `sqrt(C h w / 4096)` (sqrt(48) for 768 x 16 x 16)."""
+        if self.transformer.config.time_shift is not None:
+            return float(self.transformer.config.time_shift)
         channels, height, width = self.transformer.config.latent_shape
         return rae_time_shift(channels * height * width)
 
@@ -148,8 +151,8 @@ class RAEDiTPipeline(DiffusionPipeline):
             latents: the initial noise `[B, C, h, w]` in normalized latent space (default `N(0, I)` from `generator`).
             output_type: `"pil"`, `"np"`, `"pt"` or `"latent"` (see the class docstring).
             progress: show a progress bar (default: the pipeline's progress-bar setting).
-            time_shift: the grid's shift `s` (default `default_time_shift()`; give the training one when the DiT
-                was trained with another `time_shift_dim`).
+            time_shift: the grid's shift `s` (default `default_time_shift()`: the training one the DiT's config
+                records, else the one of its latent size).
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} must be one of {OUTPUT_TYPES}.")
@@ -194,42 +197,15 @@ class RAEDiTPipeline(DiffusionPipeline):
 
 
 def make_sample_fn(
-    pipe: RAEDiTPipeline,
-    num_inference_steps: int = 49,
-    sampler: str = "euler",
-    guidance: str | None = None,
-    guidance_scale: float = 1.0,
-    guidance_interval: Sequence[float] = (0.0, 1.0),
-    guidance_model: nn.Module | None = None,
-    seed: int = 0,
-    autocast_dtype: torch.dtype | None = None,
-    time_shift: float | None = None,
+    pipe: RAEDiTPipeline, seed: int = 0, autocast_dtype: torch.dtype | None = None, **call_kwargs
 ) -> Callable[[int, torch.Tensor | None], torch.Tensor]:
     """A `rae_hf.evaluation.SampleFn` over the pipeline: `sample_fn(n, labels)` -> `[n, 3, H, W]` float images in
-    [0, 1] (labels None: the null class). The initial noise comes from one generator seeded with `seed` on the
-    pipeline's device (give each process its own seed); `autocast_dtype` runs the networks under autocast."""
-    generator = torch.Generator(pipe.device).manual_seed(seed)
+    [0, 1] (labels None: the null class), sampled with `call_kwargs` (`num_inference_steps`, `guidance`, ...) and no
+    progress bar. The initial noise comes from one generator seeded with `seed` on the pipeline's device (give each
+    process its own seed); `autocast_dtype` runs the networks under autocast."""
+    from ..evaluation.generation import pipeline_sample_fn  # Inception and metrics: imported when evaluating
 
-    def sample(count: int, labels: torch.Tensor | None) -> torch.Tensor:
-        device_type = pipe.device.type
-        autocast = torch.autocast(device_type, autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-        with autocast:
-            return pipe(
-                labels,
-                num_inference_steps=num_inference_steps,
-                sampler=sampler,
-                guidance=guidance,
-                guidance_scale=guidance_scale,
-                guidance_interval=guidance_interval,
-                guidance_model=guidance_model,
-                generator=generator,
-                output_type="pt",
-                progress=False,
-                time_shift=time_shift,
-                batch_size=count,
-            ).images
-
-    return sample
+    return pipeline_sample_fn(pipe, seed, autocast_dtype, progress=False, **call_kwargs)
 
 
 def guidance_sweep(
@@ -249,42 +225,43 @@ def guidance_sweep(
     save_dir: str | os.PathLike | None = None,
     **evaluate_kwargs,
 ) -> list[dict]:
-    """gFID/IS of `num_samples` class-balanced samples per guidance scale (`rae_hf.evaluation.evaluate_generation`).
+    """gFID/IS of `num_samples` class-balanced samples per guidance scale (`evaluate_guidance_scales`).
 
     Every scale starts from the same noise (`seed` + the process index), so the rows differ by guidance only; a scale
-    <= 1 samples unguided. `save_dir` keeps each scale's PNGs and ADM `.npz` in `save_dir/guidance_<w>`;
-    `evaluate_kwargs` go to `evaluate_generation` (`reference`, `inception_weights`, `feature`, ...). Returns one row
-    `{"guidance_scale": w, "fid", "inception_score", ...}` per scale; every process must call it.
+    <= 1 samples unguided. `save_dir` keeps each scale's PNGs and ADM `.npz` in `save_dir/guidance_<w>`,
+    `results_path` the rows as JSON; `evaluate_kwargs` go to `evaluate_generation` (`reference`,
+    `inception_weights`, `feature`, ...). Returns one row `{"guidance_scale": w, "fid", "inception_score", ...}` per
+    scale; every process must call it.
     """
-    from ..evaluation import evaluate_generation  # Inception and metrics: imported when evaluating
+    from ..evaluation.generation import evaluate_guidance_scales  # Inception and metrics: imported when evaluating
 
     process_index = accelerator.process_index if accelerator is not None else 0
-    rows = []
-    for scale in guidance_scales:
+
+    def sample_fn_for(scale: float):
         guided = scale > 1
-        sample_fn = make_sample_fn(
+        return make_sample_fn(
             pipe,
-            num_inference_steps,
-            sampler,
-            guidance if guided else None,
-            scale if guided else 1.0,
-            guidance_interval,
-            guidance_model if guided else None,
             seed + process_index,
             autocast_dtype,
-            time_shift,
+            num_inference_steps=num_inference_steps,
+            sampler=sampler,
+            guidance=guidance if guided else None,
+            guidance_scale=scale if guided else 1.0,
+            guidance_interval=guidance_interval,
+            guidance_model=guidance_model if guided else None,
+            time_shift=time_shift,
         )
-        result = evaluate_generation(
-            sample_fn,
-            num_samples,
-            batch_size,
-            accelerator=accelerator,
-            num_classes=pipe.transformer.config.num_classes or None,
-            save_dir=None if save_dir is None else os.path.join(save_dir, f"guidance_{scale:g}"),
-            **evaluate_kwargs,
-        )
-        rows.append({"guidance_scale": scale, **result})
-    return rows
+
+    return evaluate_guidance_scales(
+        sample_fn_for,
+        guidance_scales,
+        num_samples,
+        batch_size,
+        accelerator=accelerator,
+        save_dir=save_dir,
+        num_classes=pipe.transformer.config.num_classes or None,
+        **evaluate_kwargs,
+    )
 
 
 __all__ = ["GUIDANCE_TYPES", "OUTPUT_TYPES", "RAEDiTPipeline", "guidance_sweep", "images_to_uint8", "make_sample_fn"]

@@ -25,16 +25,16 @@ import datasets
 import numpy as np
 import torch
 
+from rae_hf.data.checksums import CorruptCacheError, description_key, file_digests, verify_files
 from rae_hf.probe.encoders import ProbeEncoder
 from rae_hf.probe.features import ComponentSpec, FeatureSet, collect
 
-__all__ = ["CorruptCacheError", "DatasetCheck", "FeatureCache", "feature_cache_key", "feature_description"]
+__all__ = ["DatasetCheck", "FeatureCache", "feature_cache_key", "feature_description"]
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 2  # 2: checksums of the dataset files in the metadata
 METADATA_FILE = "probe_features.json"
-HASH_BLOCK = 1 << 22
 
 ComponentBatches = Iterable[tuple[dict[str, torch.Tensor], torch.Tensor, int]]
 
@@ -82,11 +82,7 @@ def feature_description(
 
 def feature_cache_key(description: dict) -> str:
     """Hash of a `feature_description` (canonical JSON)."""
-    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-class CorruptCacheError(ValueError):
-    """A stored entry cannot be trusted (the message names the file and the problem)."""
+    return description_key(description)
 
 
 class FeatureCache:
@@ -122,7 +118,7 @@ class FeatureCache:
                 metadata = _read_metadata(entry)
                 problem = _mismatch(metadata, check)
                 if problem is None:
-                    _verify_files(entry, metadata, checksums=self.verify)
+                    verify_files(os.path.join(entry, "dataset"), metadata["files"], checksums=self.verify)
                     features = _load(entry, metadata)
                     logger.info("Reusing cached features %s (%s).", entry, description["split"])
                     return features, True
@@ -182,7 +178,7 @@ class FeatureCache:
                 "description": description,
                 **counts,
                 "dataset_check": asdict(check) if check is not None else None,
-                "files": _file_digests(os.path.join(build, "dataset")),
+                "files": file_digests(os.path.join(build, "dataset")),
             }
             with open(os.path.join(build, METADATA_FILE), "w") as f:
                 json.dump(metadata, f, indent=2)
@@ -211,45 +207,6 @@ def _read_metadata(entry: str) -> dict:
     if not isinstance(metadata, dict) or any(name not in metadata for name in required):
         raise CorruptCacheError(f"{path} lacks some of {list(required)}")
     return metadata
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_digests(folder: str) -> dict[str, dict]:
-    """`{relative path: {"size", "sha256"}}` of every file under `folder`."""
-    digests = {}
-    for directory, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(directory, name)
-            digests[os.path.relpath(path, folder)] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
-    return digests
-
-
-def _verify_files(entry: str, metadata: dict, checksums: bool = True) -> None:
-    """`CorruptCacheError` naming the first file of `dataset/` that is missing, extra, resized or (with
-    `checksums`) changed since the entry was written."""
-    folder = os.path.join(entry, "dataset")
-    recorded = metadata["files"]
-    present = set()
-    for directory, _, names in os.walk(folder):
-        present |= {os.path.relpath(os.path.join(directory, name), folder) for name in names}
-    for name in sorted(set(recorded) | present):
-        path = os.path.join(folder, name)
-        if name not in present:
-            raise CorruptCacheError(f"{path} is missing")
-        if name not in recorded:
-            raise CorruptCacheError(f"{path} was not written by the extraction")
-        size = os.path.getsize(path)
-        if size != recorded[name]["size"]:
-            raise CorruptCacheError(f"{path} has {size} bytes, {recorded[name]['size']} were written")
-        if checksums and _sha256(path) != recorded[name]["sha256"]:
-            raise CorruptCacheError(f"{path} changed since it was written (SHA-256 mismatch)")
 
 
 def _mismatch(metadata: dict, check: DatasetCheck | None) -> str | None:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -17,9 +16,9 @@ import torch
 from accelerate import Accelerator
 from transformers import set_seed
 
-from rae_hf.cli import parse_args, save_run_config, setup_logging
+from rae_hf.cli import parse_args, save_run_config, setup_logging, train_and_save
 from rae_hf.data import DataArguments, ImageCollator, image_transform, load_image_splits, with_image_transform
-from rae_hf.evaluation import compute_reference_statistics, evaluate_generation
+from rae_hf.evaluation.generation import GenerationEvalArguments, evaluate_guidance_scales
 from rae_hf.models.jit import JiTConfig, JiTModel
 from rae_hf.text_pixels import TextPixelCodec, load_text_splits, make_quickstart_texts, with_text_pixels
 from rae_hf.tools.quickstart_assets import ensure_image_folders
@@ -73,18 +72,6 @@ class TaskArguments:
             raise ValueError(f"--task {self.task!r} must be one of {TASKS}.")
 
 
-@dataclass
-class EvaluationArguments:
-    num_eval_samples: int = field(default=50000, metadata={"help": "--do_eval: images (class-balanced; paper 50k)."})
-    guidance_scales: list[float] | None = field(
-        default=None, metadata={"help": "--do_eval: one FID/IS row per CFG scale (default: --guidance_scale)."}
-    )
-    save_samples: bool = field(default=False, metadata={"help": "--do_eval: write PNGs and an ADM .npz per scale."})
-    compute_fid_stats: str | None = field(
-        default=None, metadata={"help": "Save the Inception statistics of the validation split to this .npz, exit."}
-    )
-
-
 def build_model(args: ModelArguments, num_classes: int, image_size: int | None) -> JiTModel:
     """A saved JiT, an official checkpoint, or a new model from the preset (explicit sizes win)."""
     if args.model_name_or_path:
@@ -118,48 +105,26 @@ def image_datasets(data_args, task_args, image_size: int, seed: int):
     return train, validation, _label_count(splits["train"]) if keep else 0
 
 
-def run_generation_eval(model, eval_args, training_args, logger) -> list[dict]:
+def run_generation_eval(model, eval_args: GenerationEvalArguments, training_args) -> list[dict]:
     """FID/IS of `num_eval_samples` class-balanced samples per CFG scale; `eval_results.json` (one row each)."""
-    accelerator = Accelerator(cpu=training_args.use_cpu)
+    accelerator, args = Accelerator(cpu=training_args.use_cpu), training_args
     model.to(accelerator.device).eval()
-    conditional = model.config.num_classes > 0 and not training_args.unconditional
-    rows = []
-    for scale in eval_args.guidance_scales or [training_args.guidance_scale]:
-        sample_fn = jit_sample_fn(
-            model,
-            training_args.sample_steps,
-            training_args.sampler,
-            scale,
-            tuple(training_args.guidance_interval),
-            training_args.seed + accelerator.process_index,
-            torch.bfloat16 if training_args.bf16 else None,
-        )
-        save_dir = os.path.join(training_args.output_dir, f"samples_cfg{scale:g}") if eval_args.save_samples else None
-        result = evaluate_generation(
-            sample_fn,
-            eval_args.num_eval_samples,
-            training_args.per_device_eval_batch_size,
-            accelerator=accelerator,
-            reference=training_args.fid_reference_stats,
-            num_classes=model.config.num_classes if conditional else None,
-            inception_weights=training_args.inception_weights,
-            save_dir=save_dir,
-            inception_score_splits=min(10, eval_args.num_eval_samples),
-        )
-        rows.append({"guidance_scale": scale, **result})
-        logger.info("CFG %.2f: %s", scale, result)
-    if accelerator.is_main_process:
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        with open(os.path.join(training_args.output_dir, "eval_results.json"), "w") as f:
-            json.dump(rows, f, indent=2)
-    return rows
+    conditional = model.config.num_classes > 0 and not args.unconditional
+    autocast = torch.bfloat16 if args.bf16 else None
+    seed, interval = args.seed + accelerator.process_index, tuple(args.guidance_interval)
+    return evaluate_guidance_scales(
+        lambda scale: jit_sample_fn(model, args.sample_steps, args.sampler, scale, interval, seed, autocast),
+        accelerator=accelerator,
+        num_classes=model.config.num_classes if conditional else None,
+        **eval_args.sweep_kwargs(args),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     model_args, task_args, data_args, eval_args, training_args = parse_args(
-        (ModelArguments, TaskArguments, DataArguments, EvaluationArguments, JiTTrainingArguments), argv
+        (ModelArguments, TaskArguments, DataArguments, GenerationEvalArguments, JiTTrainingArguments), argv
     )
-    logger = setup_logging(training_args)
+    setup_logging(training_args)
     set_seed(training_args.seed)
     if task_args.quickstart_data:
         with training_args.main_process_first(desc="quickstart data"):
@@ -199,19 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     collator = ImageCollator(max_bad_image_fraction=data_args.max_bad_image_fraction)
 
     if eval_args.compute_fid_stats:
-        accelerator = Accelerator(cpu=training_args.use_cpu)
-        count = compute_reference_statistics(
-            validation,
-            collator,
-            accelerator,
-            eval_args.compute_fid_stats,
-            batch_size=training_args.per_device_eval_batch_size,
-            inception_weights=training_args.inception_weights,
-        )
-        logger.info("Saved the Inception statistics of %d images to %s", count, eval_args.compute_fid_stats)
+        eval_args.save_fid_stats(validation, collator, training_args)
         return
     if training_args.do_eval and not training_args.do_train:
-        run_generation_eval(model, eval_args, training_args, logger)
+        run_generation_eval(model, eval_args, training_args)
         return
 
     resume = prepare_output_dir(  # before anything is written: never mix a new run into another one
@@ -231,15 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     if training_args.should_save:
         save_run_config(training_args.output_dir, model_args, task_args, data_args, eval_args, training_args)
 
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()  # the first EMA (applied at the end of training)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
     dataset = data_args.dataset_name or data_args.train_dir
-    trainer.create_model_card(dataset=dataset)
+    train_and_save(trainer, resume, dataset)  # saves the first EMA (applied at the end of training)
     if training_args.do_eval:
-        run_generation_eval(trainer.model, eval_args, training_args, logger)
+        run_generation_eval(trainer.model, eval_args, training_args)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset=dataset)
 

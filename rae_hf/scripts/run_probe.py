@@ -9,8 +9,9 @@ LoRA or full fine-tuning. Any HF vision model or an RAE checkpoint (its encoder)
 
 Writes `probe_results.json`, `probe_results.md` and `accuracy_vs_lr.png` to --output_dir (the numbers first, the
 plot last), plus the classifier (`ProbeClassifier`, loadable with `AutoModelForImageClassification` after
-`import rae_hf`). Warnings (grid edge, non-convergence, small validation set, unseen labels) are logged and written
-into both reports.
+`import rae_hf`; a `--mode lora` run's is merged, its unmerged adapter is in `adapter/`: see
+`rae_hf.probe.finetune`). Warnings (grid edge, non-convergence, small validation set, unseen labels) are logged and
+written into both reports.
 """
 
 from __future__ import annotations

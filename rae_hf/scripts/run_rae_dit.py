@@ -7,7 +7,6 @@ python run_rae_dit.py recipes/rae_dit/sample_ditdh_xl_imagenet256.yaml   # gFID/
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -15,10 +14,10 @@ import torch
 from accelerate import Accelerator
 from transformers import set_seed
 
-from rae_hf.cli import parse_args, save_run_config, setup_logging
+from rae_hf.cli import parse_args, save_run_config, setup_logging, train_and_save
 from rae_hf.data import DataArguments, ImageCollator, image_transform, load_image_splits, with_image_transform
 from rae_hf.data.latent_cache import LatentCollator, cached_split_latents
-from rae_hf.evaluation import compute_reference_statistics
+from rae_hf.evaluation.generation import GenerationEvalArguments
 from rae_hf.models.dit import DiTDHConfig, DiTDHModel
 from rae_hf.models.rae import RAEModel
 from rae_hf.pipelines.pipeline_rae_dit import RAEDiTPipeline, guidance_sweep
@@ -68,21 +67,9 @@ class LatentArguments:
     cache_latents_only: bool = field(default=False, metadata={"help": "Build/verify --latent_cache, then exit."})
 
 
-@dataclass
-class EvaluationArguments:
-    num_eval_samples: int = field(default=50000, metadata={"help": "--do_eval: class-balanced samples (paper 50k)."})
-    guidance_scales: list[float] | None = field(
-        default=None, metadata={"help": "--do_eval: one gFID/IS row per scale (default: --guidance_scale)."}
-    )
-    save_samples: bool = field(default=False, metadata={"help": "--do_eval: write PNGs and an ADM .npz per scale."})
-    compute_fid_stats: str | None = field(
-        default=None, metadata={"help": "Save the Inception statistics of the validation split here, then exit."}
-    )
-
-
 def ensure_quickstart_rae(assets: str, recipe: str, logger) -> str:
     """The quickstart RAE with latent statistics under `assets/rae_dit/rae-stats`: from the RAE quickstart's model
-    (`assets/rae`) when it exists, else from a shorter run of its recipe (L1 + LPIPS, no GAN phase)."""
+    (`assets/rae`) when it exists, else from a cheaper run of its recipe (L1 only: no LPIPS, no GAN phase)."""
     stats = os.path.join(assets, "rae_dit", "rae-stats")
     if os.path.isfile(os.path.join(stats, "config.json")):
         return stats
@@ -90,8 +77,9 @@ def ensure_quickstart_rae(assets: str, recipe: str, logger) -> str:
     rae = os.path.join(assets, "rae")
     if not os.path.isfile(os.path.join(rae, "model.safetensors")):
         rae = os.path.join(assets, "rae_dit", "rae")
-        logger.info("Training the quickstart RAE (short: %s without the GAN phase) into %s", recipe, rae)
-        short = ["--num_train_epochs", "8", "--disc_upd_start", "99", "--disc_start", "99", "--fid_steps", "0"]
+        logger.info("Training the quickstart RAE (%s, L1 only: no LPIPS, no GAN phase) into %s", recipe, rae)
+        gan_off = ["--disc_upd_start", "99", "--disc_start", "99", "--fid_steps", "0"]
+        short = ["--num_train_epochs", "16", "--perceptual_weight", "0", *gan_off]
         run_rae.main([recipe, "--output_dir", rae, "--overwrite_output_dir", "true", "--save_strategy", "no", *short])
     run_rae.main([recipe, "--model_name_or_path", rae, "--compute_latent_stats", "--output_dir", stats])
     return stats
@@ -105,33 +93,22 @@ def build_model(args: ModelArguments, rae: RAEModel, num_classes: int) -> DiTDHM
     return DiTDHModel(DiTDHConfig.from_preset(args.model_preset, num_classes=num_classes, **latent, **sizes))
 
 
-def run_generation_eval(model, rae, guide, eval_args, args, logger) -> list[dict]:
+def run_generation_eval(model, rae, guide, eval_args: GenerationEvalArguments, args) -> list[dict]:
     """gFID/IS of `num_eval_samples` class-balanced samples per guidance scale -> `eval_results.json`."""
     accelerator = Accelerator(cpu=args.use_cpu)
     pipe = RAEDiTPipeline(transformer=model.eval(), vae=rae.eval()).to(accelerator.device)
     guide = None if guide is None else guide.to(accelerator.device).eval()
-    guided = dict(guidance="cfg" if args.guidance == "none" else args.guidance, guidance_model=guide)
-    rows = guidance_sweep(
-        pipe, eval_args.guidance_scales or [args.guidance_scale], eval_args.num_eval_samples,
-        args.per_device_eval_batch_size, guidance_interval=tuple(args.guidance_interval),
-        num_inference_steps=args.sample_steps, sampler=args.sampler, seed=args.seed,
-        autocast_dtype=torch.bfloat16 if args.bf16 else None, accelerator=accelerator,
-        save_dir=os.path.join(args.output_dir, "samples") if eval_args.save_samples else None,
-        reference=args.fid_reference_stats, inception_weights=args.inception_weights,
-        inception_score_splits=min(10, eval_args.num_eval_samples), **guided,
+    return guidance_sweep(
+        pipe, guidance="cfg" if args.guidance == "none" else args.guidance, guidance_model=guide,
+        guidance_interval=tuple(args.guidance_interval), num_inference_steps=args.sample_steps, sampler=args.sampler,
+        seed=args.seed, autocast_dtype=torch.bfloat16 if args.bf16 else None, accelerator=accelerator,
+        **eval_args.sweep_kwargs(args),
     )  # fmt: skip
-    for row in rows:
-        logger.info("guidance %.2f: %s", row["guidance_scale"], row)
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, "eval_results.json"), "w") as f:
-            json.dump(rows, f, indent=2)
-    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     model_args, latent_args, data_args, eval_args, training_args = parse_args(
-        (ModelArguments, LatentArguments, DataArguments, EvaluationArguments, DiTTrainingArguments), argv
+        (ModelArguments, LatentArguments, DataArguments, GenerationEvalArguments, DiTTrainingArguments), argv
     )
     logger = setup_logging(training_args)
     set_seed(training_args.seed)
@@ -156,15 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     column = data_args.image_column_name
     if eval_args.compute_fid_stats:
         validation = with_image_transform(splits["validation"], image_transform("adm_center_crop", size), column)
-        accelerator = Accelerator(cpu=training_args.use_cpu)
-        count = compute_reference_statistics(
-            validation, ImageCollator(), accelerator, eval_args.compute_fid_stats,
-            batch_size=training_args.per_device_eval_batch_size, inception_weights=training_args.inception_weights,
-        )  # fmt: skip
-        logger.info("Saved the Inception statistics of %d images to %s", count, eval_args.compute_fid_stats)
+        eval_args.save_fid_stats(validation, ImageCollator(), training_args)
         return
     if training_args.do_eval and not training_args.do_train:
-        run_generation_eval(model, rae, guide, eval_args, training_args, logger)
+        run_generation_eval(model, rae, guide, eval_args, training_args)
         return
 
     rae.to(training_args.device)
@@ -190,15 +162,10 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     if training_args.should_save:
         save_run_config(training_args.output_dir, model_args, latent_args, data_args, eval_args, training_args)
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()  # the EMA weights (applied at the end of training)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
     dataset = data_args.dataset_name or data_args.train_dir
-    trainer.create_model_card(dataset=dataset)
+    train_and_save(trainer, resume, dataset)  # saves the EMA weights (applied at the end of training)
     if training_args.do_eval:
-        run_generation_eval(trainer.model, rae, guide, eval_args, training_args, logger)
+        run_generation_eval(trainer.model, rae, guide, eval_args, training_args)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset=dataset)
 

@@ -2,9 +2,10 @@
 
 - Metrics: `record_metrics(...)` keeps detached tensors on the device; they are averaged over steps and processes
   only when Trainer logs (no per-step host sync). `record_images(...)` gives images/s and skipped-image totals.
-- Non-finite losses: a device flag (and the first bad step) is updated every optimizer step without a sync; it is
-  read before every checkpoint, at each log and at the end, so non-finite weights are never saved or published and
-  the error names the first bad step and the last finite checkpoint.
+- Non-finite state: the loss and every `record_metrics` term feed a device flag (first bad step) each optimizer step
+  without a sync; it is read at each log, before every checkpoint (with the weights, optimizer and registered states:
+  `finite_state`) and at the end, so no saved checkpoint holds a NaN and the error names the last finite one.
+- Resume: each checkpoint records the run configuration; a changed one is refused (`run_config_check`).
 - Extra checkpoint state: `register_state(name, obj)` (EMAs, a discriminator, a DINO centre, pruning masks...) is
   saved into every checkpoint as `<name>.safetensors` (a flat dict of tensors) or `<name>.pt` (anything else,
   loaded with `weights_only=True`) and restored on resume.
@@ -59,6 +60,7 @@ from .checkpoints import (
     prepare_output_dir,
     write_complete_marker,
 )
+from .finite_state import all_finite, nested_tensors, nonfinite_states
 from .run_config_check import (
     apply_new_hyperparameters,
     check_resume_config,
@@ -106,6 +108,7 @@ class BaseTrainer(Trainer):
         self._last_log_time: float | None = None
         self._skipped_images: torch.Tensor | None = None
         self._nonfinite_step: torch.Tensor | None = None  # first optimizer step with a non-finite loss, -1: none
+        self._bad_terms: torch.Tensor | None = None  # a recorded loss term (metric) was not finite
         self._staging = False
         self._run_record: dict = {}  # the resolved run configuration, recorded in every checkpoint
         self._config_changes: list = []  # changes accepted on resume with --allow_config_change
@@ -171,6 +174,8 @@ class BaseTrainer(Trainer):
             else:
                 self._metric_sums[name] = value.clone()
             self._metric_counts[name] = self._metric_counts.get(name, 0) + 1
+            bad = (~torch.isfinite(value)).to(self.args.device)  # every term feeds the non-finite flag (no sync)
+            self._bad_terms = bad if self._bad_terms is None else self._bad_terms | bad
 
     def record_images(self, count: int, skipped: torch.Tensor | None = None) -> None:
         """Count images processed on this process (for images/s) and undecodable ones the collator dropped."""
@@ -218,7 +223,10 @@ class BaseTrainer(Trainer):
         step = torch.full((), self.state.global_step, dtype=torch.long, device=tr_loss.device)  # no host copy
         if self._nonfinite_step is None or self._nonfinite_step.device != tr_loss.device:
             self._nonfinite_step = torch.full((), -1, dtype=torch.long, device=tr_loss.device)
-        first = (self._nonfinite_step < 0) & ~torch.isfinite(tr_loss.detach()).all()
+        bad = ~torch.isfinite(tr_loss.detach()).all()
+        if self._bad_terms is not None:
+            bad = bad | self._bad_terms.to(tr_loss.device)
+        first = (self._nonfinite_step < 0) & bad
         self._nonfinite_step = torch.where(first, step, self._nonfinite_step)
         super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, epoch, *args, **kwargs)
 
@@ -249,20 +257,19 @@ class BaseTrainer(Trainer):
             "instead of fp16, or gradient clipping (--max_grad_norm)."
         )
 
-    def _weights_finite(self) -> bool:
-        params = [p.detach() for p in self.accelerator.unwrap_model(self.model).parameters()]
-        if not params:
-            return True
-        finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
-        return bool(finite.item())
-
     def check_finite(self) -> None:
-        """Raise `NonFiniteLossError` if a loss or a weight is not finite (called before every save)."""
+        """Raise `NonFiniteLossError` if a loss term, a weight, the optimizer state or a registered state is not
+        finite (called before every save)."""
         step = self.first_nonfinite_step()
         if step is not None:
             raise NonFiniteLossError(self._nonfinite_message("Non-finite loss", step))
-        if not self._weights_finite():
+        if not all_finite(nested_tensors(self.accelerator.unwrap_model(self.model))):
             raise NonFiniteLossError(self._nonfinite_message("Non-finite weights"))
+        bad = nonfinite_states(self._states)
+        if self.optimizer is not None and not all_finite(nested_tensors(self.optimizer.state_dict()["state"])):
+            bad.append("optimizer")
+        if bad:
+            raise NonFiniteLossError(self._nonfinite_message(f"Non-finite state in {bad}"))
 
     # ----- checkpoints ------------------------------------------------------------------------------------------
     def _get_output_dir(self, trial) -> str:

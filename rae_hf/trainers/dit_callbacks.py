@@ -1,5 +1,5 @@
 """RAE stage 2 during training: a fixed-seed, class-labelled grid of decoded samples and generation FID/IS, both
-with the EMA weights, through the shared `ImageEvaluationCallback`."""
+with the EMA weights, through the shared `GenerationEvaluationCallback`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from torch import nn
 from transformers import Trainer
 
 from ..callbacks.ema import EMACallback
-from ..callbacks.image_evaluation import ImageEvaluationCallback
-from ..evaluation import balanced_labels, evaluate_generation
-from ..visualization import image_grid, labelled_grid
+from ..callbacks.image_evaluation import GenerationEvaluationCallback
+from ..evaluation import SampleFn, balanced_labels
 
 __all__ = ["DiTSamplesCallback", "grid_labels"]
 
@@ -25,11 +24,10 @@ def grid_labels(count: int, num_classes: int) -> torch.Tensor:
     return torch.arange(count, dtype=torch.long) * num_classes // count
 
 
-class DiTSamplesCallback(ImageEvaluationCallback):
-    """Generation FID/IS every `fid_steps` (and at epoch ends with `fid_at_epoch_end`), class-balanced over all
-    processes (`eval_fid`, `eval_inception_score`, ...), and every `sample_every` steps and at the end a fixed-seed
-    grid of `num_grid_samples` decoded samples with their class names (`samples/step_N.png`, W&B/TensorBoard).
-    Sampling follows the trainer's arguments (Euler 49 steps, guidance); EMA weights when given."""
+class DiTSamplesCallback(GenerationEvaluationCallback):
+    """Generation FID/IS and a fixed-seed, class-major grid of decoded samples with their class names
+    (`GenerationEvaluationCallback`). Sampling follows the trainer's arguments (Euler 49 steps, guidance, and the
+    training time shift); EMA weights when given."""
 
     def __init__(
         self,
@@ -39,25 +37,11 @@ class DiTSamplesCallback(ImageEvaluationCallback):
         guidance_model: nn.Module | None = None,
         class_names: list[str] | None = None,
     ):
-        args = trainer.args
         self.rae = rae
         self.guidance_model = guidance_model
-        self.class_names = class_names
-        self.reference = args.fid_reference_stats
-        super().__init__(
-            trainer,
-            self._evaluate,
-            best_metric="fid" if self.reference else "inception_score",
-            greater_is_better=not self.reference,
-            eval_steps=args.fid_steps,
-            at_epoch_end=args.fid_at_epoch_end,
-            sample_every=args.sample_every,
-            grid_fn=self._grid if args.num_grid_samples > 0 else None,
-            grid_name="samples",
-            ema=ema,
-        )
+        super().__init__(trainer, ema, class_names)
 
-    def _sample_fn(self, model: nn.Module, seed: int):
+    def sample_fn(self, model: nn.Module, seed: int) -> SampleFn:
         from ..pipelines.pipeline_rae_dit import RAEDiTPipeline, make_sample_fn  # diffusers: imported when sampling
 
         args = self.trainer.args
@@ -74,27 +58,12 @@ class DiTSamplesCallback(ImageEvaluationCallback):
             autocast_dtype=torch.bfloat16 if args.bf16 else None,
         )
 
-    def _evaluate(self, model: nn.Module) -> dict[str, float]:
-        args, accelerator = self.trainer.args, self.trainer.accelerator
-        num_classes = model.config.num_classes or None
-        return evaluate_generation(
-            self._sample_fn(model, args.seed + 1 + accelerator.process_index),
-            args.fid_num_samples,
-            args.per_device_eval_batch_size,
-            accelerator=accelerator,
-            reference=self.reference,
-            num_classes=num_classes,
-            inception_weights=args.inception_weights,
-            inception_score_splits=min(10, args.fid_num_samples),
-        )
+    def eval_num_classes(self, model: nn.Module) -> int | None:
+        return model.config.num_classes or None
 
-    def _grid(self, model: nn.Module) -> torch.Tensor:
-        count = self.trainer.args.num_grid_samples
+    def grid_layout(self, model: nn.Module, count: int) -> tuple[torch.Tensor | None, int]:
         num_classes = model.config.num_classes
-        device = next(model.parameters()).device
-        labels = grid_labels(count, num_classes) if num_classes else None
-        images = self._sample_fn(model, self.trainer.args.seed)(count, None if labels is None else labels.to(device))
-        if labels is None:
-            return image_grid(images, max(1, math.isqrt(count)))
+        if not num_classes:
+            return None, max(1, math.isqrt(count))
         columns = math.ceil(count / num_classes) if num_classes <= count else max(1, math.isqrt(count))
-        return labelled_grid(images, labels.tolist(), self.class_names, columns)
+        return grid_labels(count, num_classes), columns

@@ -2,7 +2,8 @@
 
 - Objective, in RAE time (t = 0 data, t = 1 noise): `x_t = (1 - t) x + t e`, target `v = e - x`, squared error
   averaged over C, h, w and the batch. t is drawn logit-normal(0, 1) (or uniform) in [0, time_max = 0.999] and
-  shifted by `s = sqrt(dim / 4096)` (dim = C*h*w): `t <- s t / (1 + (s - 1) t)`. Labels are dropped to the null class
+  shifted by `s = sqrt(dim / 4096)` (dim = C*h*w): `t <- s t / (1 + (s - 1) t)`; another shift (`--time_shift_dim`)
+  is saved as the model's `config.time_shift`, the pipeline's sampling default. Labels are dropped to the null class
   with probability 0.1 (CFG). The rules live in `rae_hf.diffusion`; this trainer only wires them.
 - Latents: a batch carries either `latents` (read from a `LatentCache`) or `pixel_values`, encoded here on the fly
   by the frozen RAE in fp32 (never under autocast), whose latent statistics are required.
@@ -26,14 +27,14 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..callbacks import EMACallback
-from ..data.seeded import sample_seed
-from ..diffusion import FlowMatching, drop_labels, from_rae_velocity, rae_time_shift, to_rae_time
+from ..diffusion import FlowMatching, drop_labels, rae_time_shift, rae_velocity
 from ..hub import COMMON_TRAINING_KEYS, card_model_id, model_card, recipe_rows
 from ..models.dit import DiTDHModel
 from ..models.rae import RAEModel
 from .base_trainer import BaseTrainer, TrainingValues
 from .dit_callbacks import DiTSamplesCallback
 from .dit_config import DiTTrainingArguments
+from .step_rng import StepRNG
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,9 @@ class DiTTrainer(BaseTrainer):
         self.dropout = config.class_dropout_prob if args.class_dropout_prob is None else args.class_dropout_prob
         dim = args.time_shift_dim or math.prod(config.latent_shape)
         self.time_shift = rae_time_shift(dim, args.time_shift_base)
+        # saved with the model: the pipeline samples on the training shift (None: the latent shape's default)
+        derived = rae_time_shift(math.prod(config.latent_shape))
+        config.time_shift = None if math.isclose(self.time_shift, derived) else self.time_shift
         self.flow = FlowMatching.rae_stage2(args.time_dist_type, self.time_shift, args.time_max)
         if self.time_shift < 1:
             logger.warning(
@@ -126,7 +130,7 @@ class DiTTrainer(BaseTrainer):
             self.add_callback(self.samples)
             self.register_state("image_evaluation", self.samples)
         self._steps_per_epoch: int | None = None
-        self._rng_step, self._rng_micro = -1, 0
+        self.step_rng = StepRNG(args.seed, args.process_index)
 
     # ----- schedule ---------------------------------------------------------------------------------------------
     def on_training_values(self, values: TrainingValues, sized: bool) -> None:
@@ -150,15 +154,6 @@ class DiTTrainer(BaseTrainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
     # ----- one step ---------------------------------------------------------------------------------------------
-    def _generator(self, device: torch.device) -> torch.Generator:
-        """A generator for this micro-batch, a function of (seed, optimizer step, micro-batch index, process)."""
-        step = self.state.global_step
-        if step != self._rng_step:
-            self._rng_step, self._rng_micro = step, 0
-        seed = sample_seed(sample_seed(self.args.seed, step, self._rng_micro), self.args.process_index, 0)
-        self._rng_micro += 1
-        return torch.Generator(device).manual_seed(seed)
-
     def latents(self, inputs: dict) -> torch.Tensor:
         """The batch's normalized latents: cached ones as they are, images encoded by the frozen RAE in fp32."""
         if "latents" in inputs:
@@ -174,14 +169,14 @@ class DiTTrainer(BaseTrainer):
         batch = x.shape[0]
         if labels is None or not self.conditional:
             labels = torch.full((batch,), self.null_class, dtype=torch.long, device=x.device)
-        generator = self._generator(x.device)
+        generator = self.step_rng(self.state.global_step, x.device)
         if model.training:
             labels = drop_labels(labels, self.null_class, self.dropout, generator)
         t = self.flow.sample_time(batch, x.device, generator)  # core time (1 = data), shifted
         noise = self.flow.sample_noise(x, generator)
         z = self.flow.add_noise(x, noise, t)
         # the network runs in the official RAE time (t_rae = 1 - t) and returns the RAE velocity e - x
-        velocity = from_rae_velocity(model(z, to_rae_time(t), labels).prediction.float())
+        velocity = rae_velocity(model, z, t, labels)
         return self.flow.loss(velocity, x, noise, z, t)
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):

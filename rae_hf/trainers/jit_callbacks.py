@@ -9,19 +9,19 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from ..callbacks.ema import EMACallback
-from ..callbacks.image_evaluation import ImageEvaluationCallback
+from ..callbacks.image_evaluation import GenerationEvaluationCallback
 from ..diffusion import FlowMatching, sample_ode
-from ..evaluation import SampleFn, evaluate_generation
+from ..evaluation import SampleFn
+from ..evaluation.generation import pipeline_sample_fn
 from ..hub import write_model_card
 from ..text_pixels import TextPixelCodec, sequence_accuracy, token_accuracy
-from ..visualization import image_grid, labelled_grid
 
 __all__ = ["BestLossCallback", "JiTSamplesCallback", "TextRecoveryCallback", "jit_sample_fn", "text_recovery_metrics"]
 
@@ -43,99 +43,35 @@ def jit_sample_fn(
 
     pipe = JiTPipeline(model)
     pipe.set_progress_bar_config(disable=True)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
-
-    def sample(count: int, labels: torch.Tensor | None) -> torch.Tensor:
-        autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-        with autocast:
-            return pipe(
-                labels,
-                batch_size=count,
-                num_inference_steps=num_steps,
-                sampler=sampler,
-                guidance_scale=guidance_scale,
-                guidance_interval=guidance_interval,
-                generator=generator,
-                output_type="pt",
-            ).images
-
-    return sample
+    return pipeline_sample_fn(
+        pipe,
+        seed,
+        autocast_dtype,
+        num_inference_steps=num_steps,
+        sampler=sampler,
+        guidance_scale=guidance_scale,
+        guidance_interval=guidance_interval,
+    )
 
 
-class JiTSamplesCallback(ImageEvaluationCallback):
-    """Generation FID/IS every `fid_steps` (and at epoch ends with `fid_at_epoch_end`), class-balanced over all
-    processes, logged as `eval_fid`, `eval_inception_score`, ...; and a fixed-seed grid of `num_grid_samples` images
-    (labels `i mod num_classes`) saved as `samples/step_N.png` and sent to W&B/TensorBoard. EMA weights when given."""
+class JiTSamplesCallback(GenerationEvaluationCallback):
+    """Generation FID/IS and a fixed-seed grid (labels `i mod num_classes`) of JiT samples, with the trainer's
+    sampler settings (`GenerationEvaluationCallback`)."""
 
-    def __init__(self, trainer: Trainer, ema: EMACallback | None = None):
-        args = trainer.args
-        self.reference = args.fid_reference_stats
-        super().__init__(
-            trainer,
-            self._evaluate,
-            best_metric="fid" if self.reference else "inception_score",
-            greater_is_better=not self.reference,
-            eval_steps=args.fid_steps,
-            at_epoch_end=args.fid_at_epoch_end,
-            sample_every=args.sample_every,
-            grid_fn=self._grid if args.num_grid_samples > 0 else None,
-            grid_name="samples",
-            ema=ema,
-        )
-
-    def _sample_fn(self, model: nn.Module, seed: int) -> Callable:
+    def sample_fn(self, model: nn.Module, seed: int) -> SampleFn:
         args = self.trainer.args
-        return jit_sample_fn(
-            model,
-            args.sample_steps,
-            args.sampler,
-            args.guidance_scale,
-            tuple(args.guidance_interval),
-            seed,
-            torch.bfloat16 if args.bf16 else None,
-        )
+        autocast = torch.bfloat16 if args.bf16 else None
+        interval = tuple(args.guidance_interval)
+        return jit_sample_fn(model, args.sample_steps, args.sampler, args.guidance_scale, interval, seed, autocast)
 
-    def _conditional(self, model: nn.Module) -> bool:
-        return model.config.num_classes > 0 and not self.trainer.args.unconditional
+    def eval_num_classes(self, model: nn.Module) -> int | None:
+        conditional = model.config.num_classes > 0 and not self.trainer.args.unconditional
+        return model.config.num_classes if conditional else None
 
-    def _evaluate(self, model: nn.Module) -> dict[str, float]:
-        args, accelerator = self.trainer.args, self.trainer.accelerator
-        sample_fn = self._sample_fn(model, args.seed + 1 + accelerator.process_index)
-        num_classes = model.config.num_classes if self._conditional(model) else None
-        return evaluate_generation(
-            sample_fn,
-            args.fid_num_samples,
-            args.per_device_eval_batch_size,
-            accelerator=accelerator,
-            reference=self.reference,
-            num_classes=num_classes,
-            inception_weights=args.inception_weights,
-            inception_score_splits=min(10, args.fid_num_samples),
-        )
-
-    def log_grid(self, model: nn.Module, step: int) -> str | None:
-        """Every process samples (an FSDP forward is collective); the main process saves and reports."""
-        self._last_grid_step = step
-        if self.grid_fn is None:
-            return None
-        with self._evaluation_weights(model):
-            grid = self.grid_fn(model)
-        if not self.trainer.is_world_process_zero():
-            return None
-        return self.save_grid(grid, step)
-
-    def _grid(self, model: nn.Module) -> torch.Tensor:
-        count = self.trainer.args.num_grid_samples
-        device = next(model.parameters()).device
-        labels = None
-        if self._conditional(model):
-            labels = torch.arange(count, device=device) % model.config.num_classes
-        images = self._sample_fn(model, self.trainer.args.seed)(count, labels)
-        columns = max(1, math.isqrt(count))
-        if labels is None:
-            return image_grid(images, columns)
-        return labelled_grid(images, labels.tolist(), None, columns)
+    def grid_layout(self, model: nn.Module, count: int) -> tuple[torch.Tensor | None, int]:
+        num_classes = self.eval_num_classes(model)
+        labels = None if num_classes is None else torch.arange(count) % num_classes
+        return labels, max(1, math.isqrt(count))
 
 
 class BestLossCallback(TrainerCallback):

@@ -21,13 +21,13 @@ from torch.distributed.fsdp import FSDPModule
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..callbacks import EMACallback
-from ..data.seeded import sample_seed
 from ..diffusion import FlowMatching, drop_labels
 from ..hub import COMMON_TRAINING_KEYS, card_model_id, model_card, recipe_rows
 from ..models.jit import JiTModel
 from .base_trainer import BaseTrainer, TrainingValues
 from .jit_callbacks import BestLossCallback, JiTSamplesCallback
 from .jit_config import JiTTrainingArguments
+from .step_rng import StepRNG
 
 
 class _WarmupThenConstant:
@@ -88,7 +88,7 @@ class JiTTrainer(BaseTrainer):
             self.add_callback(best)
             self.register_state("best_loss", best)
         self._steps_per_epoch: int | None = None
-        self._rng_step, self._rng_micro = -1, 0
+        self.step_rng = StepRNG(args.seed, args.process_index)
 
     # ----- schedule ---------------------------------------------------------------------------------------------
     def on_training_values(self, values: TrainingValues, sized: bool) -> None:
@@ -123,22 +123,13 @@ class JiTTrainer(BaseTrainer):
         return self.lr_scheduler
 
     # ----- one step ---------------------------------------------------------------------------------------------
-    def _generator(self, device: torch.device) -> torch.Generator:
-        """A generator for this micro-batch, a function of (seed, optimizer step, micro-batch index, process)."""
-        step = self.state.global_step
-        if step != self._rng_step:
-            self._rng_step, self._rng_micro = step, 0
-        seed = sample_seed(sample_seed(self.args.seed, step, self._rng_micro), self.args.process_index, 0)
-        self._rng_micro += 1
-        return torch.Generator(device).manual_seed(seed)
-
     def diffusion_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Per-example loss `[B]` of a batch of [0, 1] images (mapped to [-1, 1])."""
         x = images.float() * 2 - 1
         batch = x.shape[0]
         if labels is None or not self.conditional:
             labels = torch.full((batch,), self.null_class, dtype=torch.long, device=x.device)
-        generator = self._generator(x.device)
+        generator = self.step_rng(self.state.global_step, x.device)
         if model.training:
             labels = drop_labels(labels, self.null_class, self.args.label_drop_prob, generator)
         t = self.flow.sample_time(batch, x.device, generator)

@@ -128,8 +128,9 @@ def check_resume_config(checkpoint: str, record: dict, allow: bool) -> list[tupl
     values unless `allow`. Returns the changes (empty when none, or when the checkpoint recorded nothing)."""
     path = os.path.join(checkpoint, RUN_CONFIG_NAME)
     if not os.path.isfile(path):
-        logger.warning("%s records no run configuration (older checkpoint): a changed configuration goes unchecked.",
-                       checkpoint)
+        logger.warning(
+            "%s records no run configuration (older checkpoint): a changed configuration goes unchecked.", checkpoint
+        )
         return []
     with open(path) as f:
         changes = config_changes(json.load(f), record)
@@ -163,7 +164,9 @@ def apply_new_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: Any, 
     if "initial_lr" in optimizer.param_groups[0]:
         scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     if isinstance(scheduler, LambdaLR):  # closed form: base lr x factor at the current step
-        lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+        lrs = [
+            base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+        ]
     else:  # schedulers that compute the lr from the trainer's arguments at each step take the new ones by themselves
         lrs = [group["lr"] for group in optimizer.param_groups]
     for group, lr in zip(optimizer.param_groups, lrs, strict=True):

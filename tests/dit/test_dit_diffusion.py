@@ -126,6 +126,30 @@ def test_rae_velocity_passes_official_float32_times():
     assert torch.equal(net.seen[-1], torch.tensor([0.75, 0.5, 0.0]))
 
 
+class Wrapper(torch.nn.Module):
+    """A DDP-like wrapper: no `.dtype`, the network under `.module`; records the dtype of the latents it gets."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.input_dtype = None
+
+    def forward(self, z, *args):
+        self.input_dtype = z.dtype
+        return self.module(z, *args)
+
+
+def test_rae_velocity_reads_the_dtype_of_wrapped_networks():
+    net = RecordingNet().double()
+    wrapped = Wrapper(net)
+    assert not hasattr(wrapped, "dtype")
+    z, labels = torch.ones(3, 2), torch.tensor([0, 1, 2])
+    v = rae_velocity(wrapped, z, 0.5, labels)
+    expected = -(0.5 * z.double() * 0.5 + labels.view(-1, 1).double()).float()
+    assert wrapped.input_dtype == torch.float64  # the parameters' dtype, not the wrapper's (it has none)
+    assert v.dtype == torch.float32 and torch.equal(v, expected)
+
+
 def test_dit_dh_guidance_rule_is_inclusive_and_needs_scale_above_one():
     assert guidance_scale_at(0.5, 3.0, (0.2, 0.5), rule="dit_dh") == 3.0  # t_max included (JiT: excluded)
     assert guidance_scale_at(0.5, 3.0, (0.2, 0.5), rule="jit") == 1.0

@@ -165,6 +165,11 @@ def test_time_shift_override_sets_the_grid():
     t = 1 - torch.linspace(0, 0.999, 5)
     assert torch.equal(torch.cat([c[1] for c in calls]), (s * t / (1 + (s - 1) * t))[:-1])
     assert pipe.default_time_shift() == pytest.approx(SHIFT)
+    pipe.transformer.config.time_shift = s  # what the trainer records for such a run: the pipeline's default
+    calls.clear()
+    pipe([1], num_inference_steps=4, output_type="latent")
+    assert pipe.default_time_shift() == s
+    assert torch.equal(torch.cat([c[1] for c in calls]), (s * t / (1 + (s - 1) * t))[:-1])
 
 
 def test_outputs_are_rae_decodings(tmp_path):

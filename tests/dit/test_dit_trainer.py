@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_rae
+from conftest import cpu_training_args, tiny_rae
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -58,25 +58,9 @@ class FlippedImages(Dataset):
 
 
 def make_args(output_dir, **overrides) -> DiTTrainingArguments:
-    values = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=4,
-        max_steps=6,
-        learning_rate=2e-3,
-        min_lr=2e-4,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        ema_decay=0.9,
-        num_grid_samples=0,
-        log_csv=False,
-    )
-    values.update(overrides)
-    return DiTTrainingArguments(**values)
+    values = dict(per_device_train_batch_size=4, max_steps=6, learning_rate=2e-3, min_lr=2e-4, ema_decay=0.9)
+    values |= dict(num_grid_samples=0)
+    return cpu_training_args(DiTTrainingArguments, output_dir, **{**values, **overrides})
 
 
 def tiny_dit(seed: int = 0, **overrides) -> DiTDHModel:
@@ -146,7 +130,7 @@ def test_cached_and_on_the_fly_latents_give_the_same_batch_and_loss(tmp_path):
     losses = {}
     for name, trainer in trainers.items():
         trainer.model.train()
-        trainer._rng_step = -1
+        trainer.step_rng.reset()
         losses[name] = trainer.diffusion_loss(trainer.model, *batches[name])
     torch.testing.assert_close(losses["fly"], losses["cache"], rtol=1e-5, atol=1e-6)
     for trainer in trainers.values():  # three training steps from either source end in the same weights
@@ -216,7 +200,14 @@ def test_rae_without_latent_statistics_is_refused(tmp_path):
 def test_time_shift_and_arguments(tmp_path):
     trainer = make_trainer(tmp_path)  # 8 x 4 x 4 = 128 dims: shift sqrt(128 / 4096) < 1, allowed
     assert trainer.time_shift == pytest.approx((128 / 4096) ** 0.5)
-    assert make_trainer(tmp_path, time_shift_dim=196608).time_shift == pytest.approx(48**0.5)
+    assert trainer.model.config.time_shift is None  # the latent shape's own shift: nothing to record
+    shifted = make_trainer(tmp_path, time_shift_dim=196608)
+    assert shifted.time_shift == pytest.approx(48**0.5)
+    assert shifted.model.config.time_shift == shifted.time_shift  # saved with the model: the pipeline's default
+    shifted.model.save_pretrained(tmp_path / "shifted")
+    assert DiTDHModel.from_pretrained(tmp_path / "shifted").config.time_shift == pytest.approx(48**0.5)
+    with pytest.raises(ValueError, match="time_shift"):
+        DiTDHConfig.from_preset("DiTDH-S", time_shift=0.0)
     with pytest.raises(ValueError, match="time_dist_type"):
         make_args(tmp_path, time_dist_type="beta")
     with pytest.raises(ValueError, match="lr_decay_end_epochs"):

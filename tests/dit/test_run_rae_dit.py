@@ -13,12 +13,12 @@ from dit_run_args import tiny_run_args
 
 import run_rae_dit
 from rae_hf.cli import parse_args
+from rae_hf.evaluation.generation import GenerationEvalArguments
 from rae_hf.metrics import save_random_inception_weights
 from rae_hf.models.dit import DiTDHModel
 from rae_hf.scripts.run_rae_dit import (
     DataArguments,
     DiTTrainingArguments,
-    EvaluationArguments,
     LatentArguments,
     ModelArguments,
 )
@@ -43,7 +43,7 @@ def assets(tmp_path_factory):
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_recipes_parse(recipe, tmp_path):
     args = parse_args(
-        (ModelArguments, LatentArguments, DataArguments, EvaluationArguments, DiTTrainingArguments),
+        (ModelArguments, LatentArguments, DataArguments, GenerationEvalArguments, DiTTrainingArguments),
         [str(recipe), "--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false"],
     )
     training = args[-1]

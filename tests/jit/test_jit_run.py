@@ -13,10 +13,10 @@ from jit_run_args import tiny_run_args
 
 import run_jit
 from rae_hf.cli import parse_args
+from rae_hf.evaluation.generation import GenerationEvalArguments
 from rae_hf.models.jit import JiTModel
 from rae_hf.scripts.run_jit import (
     DataArguments,
-    EvaluationArguments,
     JiTTrainingArguments,
     ModelArguments,
     TaskArguments,
@@ -35,7 +35,7 @@ def image_data(tmp_path_factory) -> str:
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_recipes_parse(recipe, tmp_path):
     args = parse_args(
-        (ModelArguments, TaskArguments, DataArguments, EvaluationArguments, JiTTrainingArguments),
+        (ModelArguments, TaskArguments, DataArguments, GenerationEvalArguments, JiTTrainingArguments),
         [str(recipe), "--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false"],
     )
     training = args[-1]

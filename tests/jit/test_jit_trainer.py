@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import safetensors.torch
 import torch
-from conftest import SyntheticImages
+from conftest import SyntheticImages, cpu_training_args
 from jit_helpers import tiny_config
 
 from rae_hf.data import ImageCollator
@@ -20,26 +20,9 @@ class LabelledImages(SyntheticImages):
 
 
 def make_args(output_dir, **overrides) -> JiTTrainingArguments:
-    values = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=4,
-        max_steps=6,
-        learning_rate=2e-3,
-        warmup_epochs=0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        ema_decay=0.9,
-        ema_decay2=0.5,
-        num_grid_samples=0,
-        log_csv=False,
-    )
-    values.update(overrides)
-    return JiTTrainingArguments(**values)
+    values = dict(per_device_train_batch_size=4, max_steps=6, learning_rate=2e-3, warmup_epochs=0, ema_decay=0.9)
+    values |= dict(ema_decay2=0.5, num_grid_samples=0)
+    return cpu_training_args(JiTTrainingArguments, output_dir, **{**values, **overrides})
 
 
 def make_trainer(output_dir, seed: int = 0, **overrides) -> JiTTrainer:
@@ -120,7 +103,7 @@ def test_step_randomness_is_a_function_of_the_step(tmp_path):
     images, labels = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
     trainer.model.train()
     first = trainer.diffusion_loss(trainer.model, images, labels)
-    trainer._rng_step = -1  # same step again, from scratch
+    trainer.step_rng.reset()  # same step again, from scratch
     again = trainer.diffusion_loss(trainer.model, images, labels)
     second_micro = trainer.diffusion_loss(trainer.model, images, labels)
     assert torch.equal(first, again) and not torch.equal(first, second_micro)

@@ -5,6 +5,7 @@ saved in `adapter/` reloads with `PeftModel.from_pretrained(lora_base(out), out/
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import datasets
@@ -15,9 +16,11 @@ from peft import PeftModel
 from PIL import Image
 from probe_toys import save_tiny_encoder
 from safetensors.torch import load_file
+from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
 from rae_hf.models.probe import ProbeClassifier
-from rae_hf.probe.finetune import lora_base
+from rae_hf.probe import load_encoder
+from rae_hf.probe.finetune import apply_lora, lora_base, save_finetuned
 from rae_hf.scripts import run_probe
 
 
@@ -47,7 +50,6 @@ def _run(inputs, output_dir, *extra) -> dict:
     return run_probe.main(argv)
 
 
-@pytest.mark.slow
 def test_lora_resume_is_bitwise_exact_and_the_adapter_reproduces_the_merged_logits(inputs, tmp_path):
     straight = _run(inputs, tmp_path / "straight", "--save_strategy", "no")
     _run(inputs, tmp_path / "interrupted", "--save_strategy", "steps", "--save_steps", "2")
@@ -79,4 +81,30 @@ def test_lora_resume_is_bitwise_exact_and_the_adapter_reproduces_the_merged_logi
     with torch.no_grad():
         expected, logits = merged(pixels).logits, adapted(pixels).logits
     assert merged.norm.num_batches_tracked.item() == 4 and expected.abs().max() > 0
+    assert (logits - expected).abs().max().item() < 1e-5
+
+
+def test_adapter_of_an_encoder_with_a_final_norm_reloads_to_the_merged_logits(tmp_path, caplog):
+    """DINOv3's final LayerNorm is also named `norm`: peft trains it too (said once), and the adapter keeps it."""
+    torch.manual_seed(0)
+    config = DINOv3ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             image_size=32, patch_size=8)  # fmt: skip
+    DINOv3ViTModel(config).save_pretrained(tmp_path / "encoder")
+    encoder = load_encoder(tmp_path / "encoder")
+    classifier = ProbeClassifier.from_encoder(encoder, "cls", {0: "a", 1: "b", 2: "c"}, head_norm="batchnorm")
+    with caplog.at_level(logging.WARNING, logger="rae_hf.probe.finetune"):
+        model = apply_lora(classifier, r=4)
+    assert "encoder.backbone.norm" in caplog.text
+    with torch.no_grad():  # stand-in for training: non-zero LoRA, moved head and norm, BatchNorm statistics updated
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.1 * torch.randn_like(param))
+        model.train()(torch.rand(8, 3, 32, 32))
+    save_finetuned(model, str(tmp_path / "out"), str(tmp_path / "encoder"))
+    merged = ProbeClassifier.from_pretrained(tmp_path / "out").eval()
+    adapted = PeftModel.from_pretrained(lora_base(tmp_path / "out"), tmp_path / "out" / "adapter").eval()
+    pixels = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, logits = merged(pixels).logits, adapted(pixels).logits
+    assert merged.norm.num_batches_tracked.item() == 1
     assert (logits - expected).abs().max().item() < 1e-5

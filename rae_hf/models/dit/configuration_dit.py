@@ -80,6 +80,9 @@ class DiTDHConfig(PreTrainedConfig):
         rms_norm_eps (`float`): epsilon of every RMSNorm (1e-6).
         rope_theta (`float`): RoPE base (10000).
         initializer_range (`float`): std of the class table and time-MLP weights (0.02).
+        time_shift (`float`, *optional*): the time shift `s` the model was trained with, the sampling default of
+            `RAEDiTPipeline`; None means RAE's `sqrt(C h w / 4096)` of the latent shape. The trainer records it
+            when training used another one (`--time_shift_dim`, `--time_shift_base`).
     """
 
     model_type = "dit_dh"
@@ -104,6 +107,7 @@ class DiTDHConfig(PreTrainedConfig):
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     initializer_range: float = 0.02
+    time_shift: float | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -157,6 +161,10 @@ class DiTDHConfig(PreTrainedConfig):
         for name in ("fourier_scale", "rms_norm_eps", "rope_theta", "initializer_range"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive.")
+        if self.time_shift is not None and (
+            isinstance(self.time_shift, bool) or not isinstance(self.time_shift, int | float) or self.time_shift <= 0
+        ):
+            raise ValueError(f"time_shift={self.time_shift!r} must be a positive number (or None: from the latents).")
 
     @property
     def null_class(self) -> int:

@@ -8,6 +8,9 @@ with `AutoConfig`/`AutoModelForImageClassification` by `import rae_hf` (it needs
 adapter lives in `rae_hf.models.backbone`).
 
 Pixel contract: `forward` takes [0, 1] images of any size (resized and normalized inside, as in training).
+
+A LoRA run saves the merged model plus its unmerged adapter (`out/adapter`, head and BatchNorm statistics included):
+`PeftModel.from_pretrained(rae_hf.probe.finetune.lora_base(out), f"{out}/adapter")` gives the merged logits.
 """
 
 from __future__ import annotations

@@ -245,8 +245,10 @@ def test_wandb_offline_dashboard(assets, tmp_path, monkeypatch):
             "offline-test",
         )
     )
+    # the run's folder (wandb keeps the directory of the first run set up in this process, so WANDB_DIR may not apply)
+    run_dir = Path(wandb.run.dir).parent
     wandb.finish()  # transformers leaves the run open until the process exits
-    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert run_dir.name.startswith("offline-run-")
     (records,) = run_dir.glob("run-*.wandb")
     keys = [
         "train/loss_l1",

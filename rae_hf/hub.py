@@ -49,18 +49,12 @@ COMMON_TRAINING_KEYS = (
     "seed",
 )
 RAE_TRAINING_KEYS = (
-    "learning_rate",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "lr_scheduler_type",
+    *COMMON_TRAINING_KEYS,
     "perceptual_weight",
     "disc_weight",
     "disc_start",
     "disc_upd_start",
     "ema_decay",
-    "bf16",
 )
 # Log entries that say nothing about the model (Trainer bookkeeping; rae_hf does not count FLOPs, so always 0).
 NON_INFORMATIVE_METRICS = ("total_flos", "epoch", "step")

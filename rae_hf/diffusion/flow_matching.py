@@ -84,6 +84,9 @@ class FlowMatching:
             raise ValueError(f"time_range={self.time_range} must be (lo, hi) with 0 <= lo < hi <= 1.")
         if self.time_shift <= 0:
             raise ValueError(f"time_shift={self.time_shift} must be positive.")
+        # the truncated logit-normal's bounds Phi(a), Phi(b) (a/b: the standardized logits of the range), fixed
+        logits = torch.logit(torch.tensor(self.time_range, dtype=torch.float64))
+        self._cdf_range = tuple(torch.special.ndtr((logits - self.p_mean) / self.p_std).tolist())
 
     # ----- training inputs ---------------------------------------------------------------------------------------
     def sample_time(self, batch: int, device: torch.device | str, generator: torch.Generator | None = None):
@@ -93,9 +96,8 @@ class FlowMatching:
             t = lo + (hi - lo) * torch.rand(batch, device=device, generator=generator)
         elif (lo, hi) == (0.0, 1.0):
             t = torch.sigmoid(torch.randn(batch, device=device, generator=generator) * self.p_std + self.p_mean)
-        else:  # truncated: u ~ U(Phi(a), Phi(b)), t = sigmoid(mean + std * Phi^-1(u)), a/b the standardized logits
-            logits = torch.logit(torch.tensor([lo, hi], dtype=torch.float64))
-            a, b = torch.special.ndtr((logits - self.p_mean) / self.p_std).tolist()
+        else:  # truncated: u ~ U(Phi(a), Phi(b)), t = sigmoid(mean + std * Phi^-1(u))
+            a, b = self._cdf_range
             u = a + (b - a) * torch.rand(batch, device=device, generator=generator)
             t = torch.sigmoid(self.p_mean + self.p_std * torch.special.ndtri(u)).clamp(lo, hi)
         return t if self.time_shift == 1.0 else shift_time(t, self.time_shift)

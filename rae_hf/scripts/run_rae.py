@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoConfig, set_seed
 
-from rae_hf.cli import parse_args, save_run_config, setup_logging
+from rae_hf.cli import parse_args, save_run_config, setup_logging, train_and_save
 from rae_hf.data import (
     DataArguments,
     ImageCollator,
@@ -221,14 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     if training_args.should_save:  # the arguments were validated: record them
         save_run_config(training_args.output_dir, model_args, data_args, eval_args, training_args)
 
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()  # EMA weights (applied at train end), encoder included: self-contained
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-
     dataset = data_args.dataset_name or data_args.train_dir
-    trainer.create_model_card(dataset=dataset)
+    train_and_save(trainer, resume, dataset)  # EMA weights (applied at train end), encoder included: self-contained
     if trainer.is_world_process_zero():
         examples = itertools.islice(
             (e for e in eval_dataset if e["pixel_values"] is not None), model_args.num_sample_images
